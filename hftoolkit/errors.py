@@ -1,0 +1,47 @@
+"""Error types the user can cause. The CLI prints them as one line and exits with code 2.
+
+Anything that is not an `HftError` is a bug (or an unexpected library failure) and is shown with its traceback.
+"""
+
+from __future__ import annotations
+
+
+class HftError(Exception):
+    """Base for user-facing errors: the message must say what is wrong and what to do about it."""
+
+    exit_code = 2
+
+
+class RecipeError(HftError):
+    """The recipe file or a --set override is invalid. Holds every problem found, not just the first."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        n = len(problems)
+        head = f"{source}: {n} problem{'s' if n != 1 else ''} in the recipe"
+        super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class DataError(HftError):
+    """The dataset is missing, unreadable, or has the wrong columns or values."""
+
+
+class ModelError(HftError):
+    """The model cannot be found, loaded or adapted as the recipe asks."""
+
+
+class HubOfflineError(HftError):
+    """Something needs the Hugging Face Hub but the Hub is unreachable or HF_HUB_OFFLINE is set."""
+
+
+class MetricError(HftError):
+    """A metric cannot be loaded or computed."""
+
+
+class RunDirError(HftError):
+    """The run directory is missing, incomplete, or holds a different run."""
+
+
+class PushError(HftError):
+    """Publishing to the Hub was refused or failed; the remote repo is left as it was."""

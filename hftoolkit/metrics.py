@@ -1,0 +1,69 @@
+"""Loading metrics through the `evaluate` library.
+
+Metrics shipped in `hftoolkit/metric_modules/` load from their local folder (offline, pinned to this code);
+any other name goes to `evaluate.load(name)` as usual, which needs the Hub. Offline, that is a clear error
+instead of evaluate's retries and a stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from hftoolkit.errors import MetricError
+
+SHIPPED_DIR = Path(__file__).parent / "metric_modules"
+SHIPPED = ("accuracy", "f1", "precision", "recall")
+# Metrics that take an `average` argument for multi-class problems.
+AVERAGED = {"f1", "precision", "recall"}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+
+
+@lru_cache(maxsize=None)
+def load_metric(name: str) -> Any:
+    import evaluate
+
+    local = SHIPPED_DIR / name
+    if (local / f"{name}.py").is_file():
+        return evaluate.load(str(local))
+    if Path(name).is_dir():
+        return evaluate.load(name)
+    if _offline():
+        raise MetricError(
+            f"metric {name!r} is not shipped with hftoolkit (shipped: {', '.join(SHIPPED)}) and HF_HUB_OFFLINE=1 "
+            "stops evaluate from fetching it from the Hub; unset HF_HUB_OFFLINE, or give a local evaluate module folder"
+        )
+    try:
+        return evaluate.load(name)
+    except Exception as e:  # evaluate raises FileNotFoundError/ConnectionError/… depending on where it failed
+        raise MetricError(f"cannot load metric {name!r} through evaluate.load ({type(e).__name__}: {e})") from e
+
+
+def compute(names: list[str] | tuple[str, ...], predictions, references, num_labels: int | None = None, average: str = "auto") -> dict[str, float]:
+    """Compute each metric; f1/precision/recall average binary for 2 classes and macro otherwise (unless told)."""
+    results: dict[str, float] = {}
+    for name in names:
+        kwargs: dict[str, Any] = {}
+        if name in AVERAGED:
+            kwargs["average"] = average if average != "auto" else ("binary" if num_labels == 2 else "macro")
+        try:
+            out = load_metric(name).compute(predictions=predictions, references=references, **kwargs)
+        except MetricError:
+            raise
+        except Exception as e:
+            raise MetricError(f"metric {name!r} failed: {type(e).__name__}: {e}") from e
+        for k, v in (out or {}).items():
+            if isinstance(v, (int, float)):
+                results[k] = float(v)
+    return results
+
+
+def check_available(names: list[str] | tuple[str, ...]) -> None:
+    """Fail before training (not after hours of it) when a metric cannot be loaded."""
+    for name in names:
+        load_metric(name)

@@ -1,0 +1,412 @@
+"""What `hft validate`, `hft finetune` and `hft evaluate` do, as plain top-to-bottom functions.
+
+Order matters and is deliberate: everything the user can get wrong (recipe, run directory, data, labels, model,
+metrics) is checked before the run directory is touched or a training step runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hftoolkit import __version__
+from hftoolkit.errors import DataError, HftError, RunDirError
+from hftoolkit.rundir import RunDir, write_atomic, write_json
+from hftoolkit.tasks.base import DataReport
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from hftoolkit.data import DataSource
+    from hftoolkit.recipe import Recipe
+    from hftoolkit.tasks.base import Task
+
+log = logging.getLogger("hftoolkit")
+VALIDATE_SAMPLE = 2000  # rows per split tokenized by `hft validate` for length statistics
+
+
+@dataclass
+class PreparedData:
+    features: dict[str, Dataset]
+    labels: list[str] | None
+    source: DataSource
+    report: DataReport = field(default_factory=DataReport)
+
+
+def prepare_data(recipe: Recipe, task: Task, processor: Any, *, sample: int | None = None) -> PreparedData:
+    """Raw splits -> checked labels -> validation carve-out -> max_samples -> model-ready features."""
+    from hftoolkit.data import carve_validation, limit_rows, load_raw, pick_splits
+
+    report = DataReport()
+    raw, source = load_raw(recipe.dataset)
+    splits = pick_splits(raw, recipe.dataset, source)
+    labels = task.prepare(splits, recipe, report)
+    carve_validation(
+        splits,
+        recipe.dataset.validation_size,
+        recipe.training.seed,
+        task.stratify_column(recipe) if labels else None,
+        source,
+    )
+    limit_rows(splits, recipe.dataset.max_samples, recipe.training.seed)
+    report.split_sizes = {role: len(s) for role, s in splits.items()}
+    label_col = task.stratify_column(recipe)
+    if labels and label_col:
+        for role, split in splits.items():
+            counts = Counter(split[label_col])
+            report.label_counts[role] = {labels[i]: counts.get(i, 0) for i in range(len(labels))}
+    if sample is not None:
+        splits = {role: s.select(range(min(len(s), sample))) for role, s in splits.items()}
+    features = task.preprocess(splits, recipe, processor, report)
+    for role, feats in features.items():
+        if len(feats) == 0:
+            raise DataError(f"split {role!r} is empty after preprocessing ({'; '.join(report.lines()[-3:])})")
+    report.notes += source.notes
+    return PreparedData(features, labels, source, report)
+
+
+def choose_precision(precision: str) -> str:
+    import torch
+
+    if precision == "auto":
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise HftError("training.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
+    return precision
+
+
+def planned_steps(recipe: Recipe, n_train: int, world_size: int = 1) -> int:
+    t = recipe.training
+    if t.max_steps:
+        return t.max_steps
+    batches = math.ceil(n_train / (t.batch_size * world_size))
+    return max(1, math.ceil(t.epochs * max(1, batches // t.gradient_accumulation_steps)))
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "hftoolkit": __version__}
+    for name in ("torch", "transformers", "datasets", "accelerate", "peft", "evaluate", "huggingface_hub", "safetensors", "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# hft validate
+
+
+def validate(recipe: Recipe) -> list[str]:
+    """Check recipe, data and model config without loading weights; return the plan as printable lines."""
+    import torch
+    import transformers
+
+    from hftoolkit import metrics as metric_lib
+    from hftoolkit.modeling import apply_lora, check_head, load_config, load_processor, resolve_ref
+    from hftoolkit.tasks import get_task
+
+    task = get_task(recipe.task)
+    processor = load_processor(task, recipe.model)
+    data = prepare_data(recipe, task, processor, sample=VALIDATE_SAMPLE)
+    config = load_config(recipe.model)
+    check_head(config, task, data.labels, recipe.model)
+    for k, v in task.model_kwargs(data.labels).items():
+        setattr(config, k, v)
+    # Build the architecture on the meta device: parameter counts without reading or allocating any weights.
+    with torch.device("meta"):
+        model = getattr(transformers, task.auto_model).from_config(config)
+        if recipe.lora.enabled:
+            model = apply_lora(model, task, recipe)
+    trainable, total = (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+    metric_names = recipe.evaluation.metrics or list(task.default_metrics)
+    metric_lib.check_available(metric_names)
+
+    run = RunDir(recipe.output_dir)
+    n_train = data.report.split_sizes["train"]
+    lines = [f"recipe ok: task {recipe.task}, model {recipe.model.name} ({resolve_ref(recipe.model)})"]
+    lines += [f"data: {line}" for line in data.report.lines()]
+    if data.labels:
+        lines.append("label mapping: " + ", ".join(f"{i}={name}" for i, name in enumerate(data.labels)))
+    mode = f"LoRA r={recipe.lora.r} on {', '.join(getattr(model, 'peft_config')['default'].target_modules)}" if recipe.lora.enabled else "full fine-tuning"
+    lines.append(f"model: {config.model_type}, {mode}; trainable {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
+    t = recipe.training
+    lines.append(
+        f"training: {planned_steps(recipe, n_train)} optimizer steps (batch {t.batch_size} x accumulation "
+        f"{t.gradient_accumulation_steps} per device, {t.epochs:g} epochs{', max_steps ' + str(t.max_steps) if t.max_steps else ''}), "
+        f"precision {t.precision}, seed {t.seed}"
+    )
+    lines.append(f"metrics: {', '.join(metric_names)}")
+    lines.append(f"writes: {run.path}/ (model/, checkpoints/, metrics.jsonl, train_results.json, manifest.json, ...)")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# hft finetune
+
+
+def finetune(recipe: Recipe, *, command: str, overwrite: bool = False, resume: bool = False) -> Path:
+    import torch
+    import transformers
+    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+
+    from hftoolkit import metrics as metric_lib
+    from hftoolkit.callbacks import MetricsFile
+    from hftoolkit.modeling import apply_lora, count_parameters, load_model, load_processor
+    from hftoolkit.plots import loss_curve_png
+    from hftoolkit.tasks import get_task
+
+    task = get_task(recipe.task)
+    run = RunDir(recipe.output_dir)
+    run.check_writable(recipe, overwrite=overwrite, resume=resume)
+    transformers.set_seed(recipe.training.seed)
+    metric_names = recipe.evaluation.metrics or list(task.default_metrics)
+    metric_lib.check_available(metric_names)
+    precision = choose_precision(recipe.training.precision)
+
+    # TrainingArguments first: it sets up the (possibly distributed) Accelerate state that main_process_first needs.
+    t = recipe.training
+    args = TrainingArguments(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or 2 * t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        eval_strategy=t.eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps,
+        load_best_model_at_end=t.metric_for_best_model is not None,
+        metric_for_best_model=t.metric_for_best_model,
+        greater_is_better=t.greater_is_better,
+        report_to=[r for r in t.report_to if r != "none"] or "none",
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        length_column_name="length",
+        # Our features hold exactly what the collator needs (plus `length` for the sampler), nothing to prune.
+        remove_unused_columns=False,
+        label_names=["labels"],
+        gradient_checkpointing=t.gradient_checkpointing,
+        dataloader_num_workers=t.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    is_main = args.process_index == 0
+
+    processor = load_processor(task, recipe.model)
+    with args.main_process_first(desc="dataset preprocessing"):
+        data = prepare_data(recipe, task, processor)
+    if "validation" not in data.features and t.eval_strategy != "no":
+        raise DataError("there is no validation split to evaluate on during training; set training.eval_strategy: no")
+    if is_main:
+        for line in data.report.lines():
+            log.info("data: %s", line)
+
+    model = load_model(task, recipe, data.labels)
+    if recipe.lora.enabled:
+        model = apply_lora(model, task, recipe)
+    trainable, total = count_parameters(model)
+    log.info("model: trainable %s of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+    if is_main:
+        run.start(overwrite=overwrite, resume=resume)
+        write_atomic(run.recipe, _recipe_yaml(recipe))
+        write_json(run.data_report, data.report.as_dict())
+        run.update_manifest(
+            status="running",
+            hftoolkit_version=__version__,
+            recipe_fingerprint=recipe.fingerprint(),
+            command=command,
+            task=recipe.task,
+            seed=t.seed,
+            precision=precision,
+            world_size=args.world_size,
+            device=_device_name(),
+            started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            model={"name": recipe.model.name, "revision": recipe.model.revision, "commit": _model_commit(model)},
+            dataset={**data.source.as_dict(), "fingerprints": {r: f._fingerprint for r, f in data.features.items()}},
+            labels=data.labels,
+            adapter=recipe.lora.enabled,
+            parameters={"trainable": trainable, "total": total},
+            versions=package_versions(),
+        )
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.tensorboard))
+
+    callbacks: list[TrainerCallback] = [MetricsFile(run.metrics)]
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=task.collator(processor, recipe, on_gpu=torch.cuda.is_available()),
+        train_dataset=data.features["train"],
+        eval_dataset=data.features.get("validation") if t.eval_strategy != "no" else None,
+        processing_class=processor,
+        compute_metrics=task.metrics(recipe, data.labels),
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+        callbacks=callbacks,
+    )
+    try:
+        result = trainer.train(resume_from_checkpoint=_latest_checkpoint(run) if resume else None)
+    except BaseException:
+        if is_main:
+            run.update_manifest(status="failed" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "interrupted")
+        raise
+
+    validation = trainer.evaluate() if "validation" in data.features else {}
+    if is_main:
+        trainer.save_model(str(run.model))
+        _save_model_extras(trainer.model, run.model)
+        write_json(
+            run.train_results,
+            {
+                "train": result.metrics,
+                "validation": validation,
+                "global_step": result.global_step,
+                "best_checkpoint": trainer.state.best_model_checkpoint,
+                "split_sizes": data.report.split_sizes,
+            },
+        )
+        loss_curve_png(run.metrics, run.loss_curve)
+        run.update_manifest(status="completed", finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        if validation:
+            skip = ("runtime", "per_second", "epoch")
+            shown = ", ".join(
+                f"{k.removeprefix('eval_')} {v:.4f}" for k, v in validation.items() if not any(s in k for s in skip)
+            )
+            log.info("validation: %s", shown)
+        log.info("run written to %s", run.path)
+    return run.path
+
+
+def _recipe_yaml(recipe: Recipe) -> str:
+    from hftoolkit.recipe import recipe_to_yaml
+
+    return recipe_to_yaml(recipe)
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {platform.processor() or platform.machine()}"
+
+
+def _model_commit(model: Any) -> str | None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base.config, "_commit_hash", None)
+
+
+def _latest_checkpoint(run: RunDir) -> str:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(run.checkpoints)) if run.checkpoints.is_dir() else None
+    if last is None:
+        raise RunDirError(f"--resume: no checkpoint in {run.checkpoints}")
+    return last
+
+
+def _save_model_extras(model: Any, model_dir: Path) -> None:
+    """The base config (with id2label) next to an adapter, so labels survive; drop PEFT's placeholder card.
+
+    training_args.bin is a pickle (Trainer writes it with torch.save); the resolved recipe already records
+    every argument, and a pickle in the model folder would be refused by push and by safe loaders.
+    """
+    (model_dir / "training_args.bin").unlink(missing_ok=True)
+    if hasattr(model, "get_base_model"):
+        model.get_base_model().config.save_pretrained(str(model_dir))
+        placeholder = model_dir / "README.md"
+        if placeholder.is_file():
+            placeholder.unlink()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# hft evaluate
+
+
+def evaluate_run(run_path: str | Path, *, split: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Score a finished run on a split through `evaluate`; writes eval_results.json and task artifacts."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from transformers import EvalPrediction, Trainer, TrainingArguments
+
+    from hftoolkit.modeling import load_trained
+    from hftoolkit.tasks import get_task
+
+    run = RunDir(run_path)
+    manifest = run.require_trained()
+    recipe = run.load_recipe()
+    task = get_task(recipe.task)
+    model, processor = load_trained(task, recipe, run.model)
+    data = prepare_data(recipe, task, processor)
+    trained_labels = manifest.get("labels")
+    if trained_labels and data.labels != trained_labels:
+        raise DataError(
+            f"the dataset's labels {data.labels} differ from the labels the model was trained with {trained_labels}"
+        )
+    split = split or recipe.evaluation.split or ("test" if "test" in data.features else "validation")
+    if split not in data.features:
+        raise DataError(f"split {split!r} is not available; available: {', '.join(data.features)}")
+    features = data.features[split]
+
+    with tempfile.TemporaryDirectory(prefix="hft-eval-") as tmp:
+        args = TrainingArguments(
+            output_dir=tmp,
+            per_device_eval_batch_size=batch_size or recipe.training.eval_batch_size or 2 * recipe.training.batch_size,
+            report_to="none",
+            remove_unused_columns=False,
+            label_names=["labels"],
+            bf16=choose_precision(recipe.training.precision) == "bf16",
+            dataloader_pin_memory=torch.cuda.is_available(),
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            data_collator=task.collator(processor, recipe, on_gpu=torch.cuda.is_available()),
+            preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+        )
+        out = trainer.predict(features)
+    predictions = np.asarray(out.predictions)
+    references = np.asarray(out.label_ids)
+    scores = task.metrics(recipe, data.labels)(EvalPrediction(predictions=predictions, label_ids=references))
+    if out.metrics.get("test_loss") is not None:
+        scores = {"loss": float(out.metrics["test_loss"]), **scores}
+    results = {
+        "split": split,
+        "num_examples": int(len(features)),
+        "metrics": scores,
+        "dataset": data.source.as_dict(),
+        "model": manifest.get("model"),
+        "run": str(run.path),
+        "labels": data.labels,
+    }
+    if trainer.is_world_process_zero():
+        results["artifacts"] = task.write_eval_artifacts(run.path, predictions.tolist(), references.tolist(), data.labels)
+        write_json(run.eval_results, results)
+    return results
