@@ -51,6 +51,7 @@ import pytest
 
 
 TEST_TOKEN = "hf_test_hftoolkit_write_0123456789abcdef"
+TEST_READ_TOKEN = "hf_test_hftoolkit_read_0123456789abcdef"
 TEST_USER = "test-user"
 
 # Plural URL segment -> repo type, and the prefix used in resolve / git URLs for each type.
@@ -570,6 +571,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # the request log lives in HubServer.log; stderr noise would only clutter test output
 
+    def setup(self) -> None:
+        super().setup()
+        with self.hub._log_lock:
+            self.hub._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.hub._log_lock:
+            self.hub._connections.discard(self.connection)
+        super().finish()
+
     def do_GET(self) -> None:
         self._handle("GET")
 
@@ -688,8 +699,11 @@ class HubServer:
         self.log: list[RequestRecord] = []
         self.errors: list[str] = []  # tracebacks of unexpected server exceptions (should stay empty)
         self._log_lock = threading.Lock()
+        # open client sockets: keep-alive connections would otherwise still be served after stop()
+        self._connections: set[socket.socket] = set()
         self._signing_key = secrets.token_bytes(32)
         self._httpd: ThreadingHTTPServer | None = None
+        self._port: int | None = None
         self._thread: threading.Thread | None = None
 
     # lifecycle ---------------------------------------------------------------------------------
@@ -698,6 +712,7 @@ class HubServer:
         handler = type("BoundHubHandler", (_Handler,), {"hub": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
+        self._port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="test-hub-server", daemon=True)
         self._thread.start()
@@ -708,6 +723,13 @@ class HubServer:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+        with self._log_lock:
+            connections, self._connections = list(self._connections), set()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -720,8 +742,8 @@ class HubServer:
 
     @property
     def port(self) -> int:
-        assert self._httpd is not None, "server not started"
-        return self._httpd.server_address[1]
+        assert self._port is not None, "server not started"
+        return self._port
 
     @property
     def url(self) -> str:
@@ -737,14 +759,15 @@ class HubServer:
         with self._log_lock:
             self.log.clear()
 
-    def env(self, token: str | None = "default", home: Path | None = None) -> dict[str, str]:
+    def env(self, token: str | bool | None = True, home: Path | None = None) -> dict[str, str]:
         """Environment for a client subprocess: `{**os.environ, **server.env()}`.
 
-        `token=None` gives an anonymous client (HF_TOKEN set empty so an outer one cannot leak in).
+        `token`: True (default) = the server's write token, a string = that token, None/False = an
+        anonymous client (HF_TOKEN set empty so that an outer one cannot leak in).
         Caches live under `home` (default: `<root>/client-home`), never in the real user cache.
         """
         home = Path(home) if home is not None else self.client_home
-        token_value = self.token if token == "default" else (token or "")
+        token_value = self.token if token is True else (token or "")
         no_proxy = ",".join(x for x in ("127.0.0.1", "localhost", os.environ.get("NO_PROXY", "")) if x)
         return {
             "HF_ENDPOINT": self.url,
@@ -846,6 +869,9 @@ class HubServer:
             raise HubError(403, "You don't have the rights to write with this token (read-only).")
 
     def _readable_meta(self, repo_type: str, repo_id: str, auth: str) -> dict:
+        parts = repo_id.split("/")
+        if len(parts) > 2 or not all(_REPO_NAME_RE.match(p) and ".." not in p for p in parts):
+            raise HubError(404, "Repository not found", code="RepoNotFound")  # also keeps ids inside root
         meta = self.storage.meta(repo_type, repo_id)
         # Private repos are indistinguishable from missing ones without a token, as on the Hub.
         if meta is None or (meta["private"] and auth not in ("read", "write")):
@@ -1443,9 +1469,11 @@ def _parse_range(value: str | None, size: int) -> tuple[int, int] | str | None:
 
 @pytest.fixture
 def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
-    """A started `HubServer` with its own storage and client cache, stopped after the test."""
-    server = HubServer(tmp_path_factory.mktemp("hub"), TEST_TOKEN).start()
+    """A started `HubServer` (write token `TEST_TOKEN`, read-only token `TEST_READ_TOKEN`) with its own
+    storage and client cache; stopped after the test, which then fails if the server itself crashed."""
+    server = HubServer(tmp_path_factory.mktemp("hub"), TEST_TOKEN, read_tokens=(TEST_READ_TOKEN,)).start()
     try:
         yield server
     finally:
         server.stop()
+    assert not server.errors, "test hub server raised:\n" + "\n".join(server.errors)
