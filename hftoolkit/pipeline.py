@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hftoolkit import __version__
-from hftoolkit.errors import DataError, HftError, RunDirError
-from hftoolkit.rundir import RunDir, write_atomic, write_json
+from hftoolkit.errors import DataError, HftError, RunDirError, TrainingInterrupted
+from hftoolkit.rundir import RunDir, open_run, write_atomic, write_json
 from hftoolkit.tasks.base import DataReport
 
 if TYPE_CHECKING:
@@ -158,26 +158,33 @@ def validate(recipe: Recipe) -> list[str]:
 # hft finetune
 
 
-def finetune(recipe: Recipe, *, command: str, overwrite: bool = False, resume: bool = False) -> Path:
+def finetune(
+    recipe: Recipe, *, command: str, overwrite: bool = False, resume: bool = False, allow_recipe_change: bool = False
+) -> Path:
+    import uuid
+
     import torch
     import transformers
-    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
 
+    from hftoolkit import checkpoints as ckpt_lib
     from hftoolkit import metrics as metric_lib
     from hftoolkit.callbacks import MetricsFile
+    from hftoolkit.launch import prepare_worker_env
     from hftoolkit.modeling import apply_lora, count_parameters, load_model, load_processor
     from hftoolkit.plots import loss_curve_png
     from hftoolkit.tasks import get_task
 
     task = get_task(recipe.task)
     run = RunDir(recipe.output_dir)
-    run.check_writable(recipe, overwrite=overwrite, resume=resume)
+    run.check_writable(recipe, overwrite=overwrite, resume=resume, allow_recipe_change=allow_recipe_change)
     transformers.set_seed(recipe.training.seed)
     metric_names = recipe.evaluation.metrics or list(task.default_metrics)
     metric_lib.check_available(metric_names)
     precision = choose_precision(recipe.training.precision)
 
     # TrainingArguments first: it sets up the (possibly distributed) Accelerate state that main_process_first needs.
+    prepare_worker_env()
     t = recipe.training
     args = TrainingArguments(
         output_dir=str(run.checkpoints),
@@ -197,6 +204,7 @@ def finetune(recipe: Recipe, *, command: str, overwrite: bool = False, resume: b
         fp16=precision == "fp16",
         eval_strategy=t.eval_strategy,
         eval_steps=t.eval_steps,
+        eval_on_start=t.eval_on_start,
         save_strategy=t.save_strategy,
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
@@ -221,9 +229,20 @@ def finetune(recipe: Recipe, *, command: str, overwrite: bool = False, resume: b
         data = prepare_data(recipe, task, processor)
     if "validation" not in data.features and t.eval_strategy != "no":
         raise DataError("there is no validation split to evaluate on during training; set training.eval_strategy: no")
+    if args.train_sampling_strategy == "group_by_length" and "length" not in data.features["train"].column_names:
+        # Nothing to group (e.g. images: every example has the same size); without a `length` column the sampler
+        # would run every example's transform just to measure it.
+        args.train_sampling_strategy = "random"
     if is_main:
         for line in data.report.lines():
             log.info("data: %s", line)
+    train_fingerprint = data.features["train"]._fingerprint
+    checkpoint, leftovers = None, []
+    if resume:
+        checkpoint, leftovers = ckpt_lib.find_resume_checkpoint(
+            run, recipe, data_fingerprint=train_fingerprint, allow_recipe_change=allow_recipe_change
+        )
+        ckpt_lib.verify_checkpoint_files(checkpoint.path)
 
     model = load_model(task, recipe, data.labels)
     if recipe.lora.enabled:
@@ -231,12 +250,22 @@ def finetune(recipe: Recipe, *, command: str, overwrite: bool = False, resume: b
     trainable, total = count_parameters(model)
     log.info("model: trainable %s of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
+    previous = run.load_manifest() if resume else {}
+    run_id = previous.get("run_id") or uuid.uuid4().hex
     if is_main:
         run.start(overwrite=overwrite, resume=resume)
+        if checkpoint is not None:
+            # Whatever happened after the checkpoint is redone: drop half-written checkpoints and later log lines.
+            ckpt_lib.remove_checkpoints(leftovers)
+            ckpt_lib.truncate_metrics(run.metrics, checkpoint)
+            log.info("resuming from %s (step %d)", checkpoint.path, checkpoint.step)
         write_atomic(run.recipe, _recipe_yaml(recipe))
         write_json(run.data_report, data.report.as_dict())
         run.update_manifest(
             status="running",
+            run_id=run_id,
+            resumed_from=previous.get("resumed_from", [])
+            + ([{"checkpoint": checkpoint.path.name, "step": checkpoint.step, "at": _now()}] if checkpoint else []),
             hftoolkit_version=__version__,
             recipe_fingerprint=recipe.fingerprint(),
             command=command,
@@ -246,7 +275,7 @@ def finetune(recipe: Recipe, *, command: str, overwrite: bool = False, resume: b
             world_size=args.world_size,
             device=_device_name(),
             started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            model={"name": recipe.model.name, "revision": recipe.model.revision, "commit": _model_commit(model)},
+            model={"name": recipe.model.name, "revision": recipe.model.revision, "commit": _model_commit(model, recipe.model)},
             dataset={**data.source.as_dict(), "fingerprints": {r: f._fingerprint for r, f in data.features.items()}},
             labels=data.labels,
             adapter=recipe.lora.enabled,
@@ -255,31 +284,60 @@ def finetune(recipe: Recipe, *, command: str, overwrite: bool = False, resume: b
         )
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.tensorboard))
 
-    callbacks: list[TrainerCallback] = [MetricsFile(run.metrics)]
+    # Order matters: a checkpoint is marked complete before the test-only fault hooks run, and GracefulStop comes
+    # last so it sees a signal that arrived while an earlier callback was running.
+    stopper = ckpt_lib.GracefulStop()
+    callbacks: list[TrainerCallback] = [
+        MetricsFile(run.metrics),
+        ckpt_lib.CheckpointMarker(run_id=run_id, recipe=recipe, data_fingerprint=train_fingerprint, metrics=run.metrics),
+    ]
+    faults = ckpt_lib.FaultInjection.from_env()
+    if faults is not None:
+        callbacks.append(faults)
+    callbacks.append(stopper)
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    trainer = Trainer(
+    trainer = ckpt_lib.ResumableTrainer(
         model=model,
         args=args,
         data_collator=task.collator(processor, recipe, on_gpu=torch.cuda.is_available()),
         train_dataset=data.features["train"],
-        eval_dataset=data.features.get("validation") if t.eval_strategy != "no" else None,
+        eval_dataset=data.features.get("validation"),  # also scored once after training, whatever eval_strategy says
         processing_class=processor,
         compute_metrics=task.metrics(recipe, data.labels),
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
         callbacks=callbacks,
     )
+    if checkpoint is not None and is_main and "tensorboard" in t.report_to:
+        _purge_tensorboard_after(trainer, run, checkpoint.step)
     try:
-        result = trainer.train(resume_from_checkpoint=_latest_checkpoint(run) if resume else None)
+        with stopper:
+            result = trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
     except BaseException:
         if is_main:
             run.update_manifest(status="failed" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "interrupted")
         raise
+    if stopper.stopped_by:
+        saved = run.checkpoints / f"checkpoint-{stopper.stopped_step}"
+        if is_main:
+            run.update_manifest(status="interrupted", interrupted={"signal": stopper.stopped_by, "step": stopper.stopped_step, "at": _now()})
+        raise TrainingInterrupted(
+            f"{stopper.stopped_by} received: training stopped at step {stopper.stopped_step} of {trainer.state.max_steps} "
+            f"and saved {saved}",
+            exit_code=stopper.exit_code,
+            checkpoint=str(saved),
+        )
 
     validation = trainer.evaluate() if "validation" in data.features else {}
+    # Every rank takes part: FSDP and DeepSpeed gather the weights collectively; Trainer writes on the main one only.
+    trainer.save_model(str(run.model))
     if is_main:
-        trainer.save_model(str(run.model))
         _save_model_extras(trainer.model, run.model)
+        # Optional task hook, e.g. causal LM generating the recipe's prompts into samples.jsonl.
+        train_artifacts = getattr(task, "write_train_artifacts", None)
+        if train_artifacts is not None:
+            for name in train_artifacts(trainer.model, processor, recipe, run.path):
+                log.info("wrote %s", run.path / name)
         write_json(
             run.train_results,
             {
@@ -316,18 +374,28 @@ def _device_name() -> str:
     return f"cpu: {platform.processor() or platform.machine()}"
 
 
-def _model_commit(model: Any) -> str | None:
+def _model_commit(model: Any, section: Any) -> str | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base.config, "_commit_hash", None)
+    found = getattr(base.config, "_commit_hash", None)
+    if found:
+        return found
+    # transformers 5 no longer records the commit on the config; the Hub cache knows which snapshot was read.
+    from hftoolkit.hub import cached_commit
+
+    return cached_commit(section)
 
 
-def _latest_checkpoint(run: RunDir) -> str:
-    from transformers.trainer_utils import get_last_checkpoint
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
-    last = get_last_checkpoint(str(run.checkpoints)) if run.checkpoints.is_dir() else None
-    if last is None:
-        raise RunDirError(f"--resume: no checkpoint in {run.checkpoints}")
-    return last
+
+def _purge_tensorboard_after(trainer: Any, run: RunDir, step: int) -> None:
+    """Resumed runs log steps after `step` again; TensorBoard's purge_step hides the first attempt's events for them."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    trainer.remove_callback(TensorBoardCallback)
+    trainer.add_callback(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.tensorboard), purge_step=step + 1)))
 
 
 def _save_model_extras(model: Any, model_dir: Path) -> None:
@@ -348,8 +416,10 @@ def _save_model_extras(model: Any, model_dir: Path) -> None:
 # hft evaluate
 
 
-def evaluate_run(run_path: str | Path, *, split: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
-    """Score a finished run on a split through `evaluate`; writes eval_results.json and task artifacts."""
+def evaluate_run(
+    run_path: str | Path, *, split: str | None = None, batch_size: int | None = None, revision: str | None = None
+) -> dict[str, Any]:
+    """Score a finished run (or a Hub repo pushed by `hft push`) on a split; writes eval_results.json and artifacts."""
     import tempfile
 
     import numpy as np
@@ -359,7 +429,7 @@ def evaluate_run(run_path: str | Path, *, split: str | None = None, batch_size: 
     from hftoolkit.modeling import load_trained
     from hftoolkit.tasks import get_task
 
-    run = RunDir(run_path)
+    run = open_run(run_path, revision)
     manifest = run.require_trained()
     recipe = run.load_recipe()
     task = get_task(recipe.task)
@@ -392,8 +462,9 @@ def evaluate_run(run_path: str | Path, *, split: str | None = None, batch_size: 
             preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
         )
         out = trainer.predict(features)
-    predictions = np.asarray(out.predictions)
-    references = np.asarray(out.label_ids)
+    # Predictions are whatever the task's preprocess_logits_for_metrics returns (class ids, or a tuple of per-token
+    # arrays for causal LM): only the task's own metrics and artifacts read them, exactly as during training.
+    predictions, references = out.predictions, np.asarray(out.label_ids)
     scores = task.metrics(recipe, data.labels)(EvalPrediction(predictions=predictions, label_ids=references))
     if out.metrics.get("test_loss") is not None:
         scores = {"loss": float(out.metrics["test_loss"]), **scores}
@@ -403,10 +474,38 @@ def evaluate_run(run_path: str | Path, *, split: str | None = None, batch_size: 
         "metrics": scores,
         "dataset": data.source.as_dict(),
         "model": manifest.get("model"),
-        "run": str(run.path),
+        "run": str(run),  # the directory, or org/name@commit for a Hub repo
         "labels": data.labels,
     }
     if trainer.is_world_process_zero():
-        results["artifacts"] = task.write_eval_artifacts(run.path, predictions.tolist(), references.tolist(), data.labels)
+        results["artifacts"] = task.write_eval_artifacts(run.path, predictions, references, data.labels)
         write_json(run.eval_results, results)
     return results
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# hft predict
+
+
+def predict_run(
+    run_path: str | Path, inputs: list[str], options: dict[str, Any] | None = None, revision: str | None = None
+) -> list[dict[str, Any]]:
+    """A quick look at a trained run: the task's `predict` on raw inputs (texts, image paths or prompts)."""
+    import torch
+
+    from hftoolkit.modeling import load_trained
+    from hftoolkit.tasks import get_task
+
+    run = open_run(run_path, revision)
+    run.require_trained()
+    recipe = run.load_recipe()
+    if not inputs:
+        raise HftError("give at least one input to predict on")
+    task = get_task(recipe.task)
+    model, processor = load_trained(task, recipe, run.model)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    # The run's own generation settings (an optional task hook) are the defaults; what the user gave wins.
+    defaults = getattr(task, "predict_options", None)
+    options = {**(defaults(recipe) if defaults is not None else {}), **(options or {})}
+    return task.predict(model, processor, list(inputs), options)

@@ -25,6 +25,8 @@ from hftoolkit.errors import RecipeError
 TaskName = Literal["text-classification", "causal-lm", "image-classification"]
 SplitRole = Literal["train", "validation", "test"]
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+# Shape of a Hugging Face access token. Recipes are saved in run directories and published with models.
+HF_TOKEN_PATTERN = re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}")
 
 
 class _Section(BaseModel):
@@ -44,6 +46,11 @@ class ModelSection(_Section):
         False,
         description="The checkpoint already has a classification head with a different number of labels: replace it "
         "with a new one (otherwise this is an error).",
+    )
+    license: str | None = Field(
+        None,
+        description="License of the fine-tuned model as a Hub license id (SPDX-like: apache-2.0, mit, cc-by-4.0, ...), "
+        "written into the model card by `hft push`. Needed when the base model's card does not state one.",
     )
 
     @model_validator(mode="after")
@@ -79,7 +86,9 @@ class Splits(_Section):
 class DatasetSection(_Section):
     name: str | None = Field(None, description="Hub dataset id (org/name) or a local dataset folder.")
     files: dict[SplitRole, str] | None = Field(
-        None, description="Local data files per split role (csv, json, jsonl or parquet) instead of `name`."
+        None,
+        description="Local data files per split role (csv, json, jsonl, parquet, or txt for plain text: see "
+        "text_sample_by) instead of `name`.",
     )
     config: str | None = Field(None, description="Dataset configuration name (Hub datasets with several configs).")
     revision: str | None = Field(None, description="Branch, tag or commit of a Hub dataset.")
@@ -95,8 +104,28 @@ class DatasetSection(_Section):
     validation_size: float = Field(
         0.1, gt=0, lt=1, description="Share of train carved out (stratified, seeded) when there is no validation split."
     )
-    max_length: int = Field(256, ge=8, description="Truncate token sequences to this length.")
+    max_length: int = Field(
+        256, ge=8, description="Truncate token sequences to this length (causal LM with batching: blocks: the length of every block)."
+    )
     skip_bad_images: bool = Field(False, description="Skip images that fail to decode (counted in the data report).")
+    text_sample_by: Literal["line", "paragraph", "document"] = Field(
+        "paragraph",
+        description="How a .txt file is cut into rows (the `datasets` text builder's sample_by): paragraph = text "
+        "between blank lines, line = every line, document = the whole file as one row.",
+    )
+    batching: Literal["padded", "packed", "blocks"] = Field(
+        "padded",
+        description="Causal LM only. padded: one example per row, padded to the longest in the batch. packed: the "
+        "batch's examples concatenated into one row without padding, positions restarting at 0 for each so no example "
+        "attends to another. blocks: plain text concatenated (EOS between rows) and cut into rows of exactly max_length "
+        "tokens, attention crossing row boundaries (continued pre-training, like transformers' run_clm example).",
+    )
+    end_of_turn_token: str | None = Field(
+        None,
+        description="Causal LM chat data: the token the chat template ends an assistant turn with, when it is not the "
+        "tokenizer's EOS token (e.g. <|im_end|> on a base model whose EOS is <|endoftext|>). It becomes the EOS token of "
+        "the saved tokenizer and model config so generation stops at the end of a reply.",
+    )
 
     @model_validator(mode="after")
     def _name_or_files(self) -> DatasetSection:
@@ -141,6 +170,7 @@ class TrainingSection(_Section):
     )
     eval_strategy: Literal["no", "epoch", "steps"] = "epoch"
     eval_steps: int | None = Field(None, ge=1)
+    eval_on_start: bool = Field(False, description="Evaluate once before the first step: the untrained baseline on the loss curve.")
     save_strategy: Literal["no", "epoch", "steps"] = "epoch"
     save_steps: int | None = Field(None, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
@@ -160,6 +190,8 @@ class TrainingSection(_Section):
             problems.append("eval_strategy: steps needs training.eval_steps")
         if self.save_strategy == "steps" and self.save_steps is None:
             problems.append("save_strategy: steps needs training.save_steps")
+        if self.eval_on_start and self.eval_strategy == "no":
+            problems.append("eval_on_start needs evaluation during training (eval_strategy epoch or steps)")
         if self.early_stopping_patience is not None and self.metric_for_best_model is None:
             problems.append("early_stopping_patience needs training.metric_for_best_model")
         if self.metric_for_best_model is not None:
@@ -174,12 +206,29 @@ class TrainingSection(_Section):
 
 class EvaluationSection(_Section):
     metrics: list[str] | None = Field(
-        None, description="evaluate metric names. Shipped offline: accuracy, f1, precision, recall. Others load from the Hub."
+        None,
+        description="evaluate metric names. Shipped offline: accuracy, f1, precision, recall, perplexity, "
+        "next_token_accuracy. Others load from the Hub.",
     )
     average: Literal["auto", "binary", "macro", "micro", "weighted"] = Field(
         "auto", description="Averaging for f1/precision/recall: auto = binary for 2 classes, macro otherwise."
     )
     split: SplitRole | None = Field(None, description="Split `hft evaluate` scores by default (test, else validation).")
+
+
+class GenerationSection(_Section):
+    """Text generation with a causal LM: samples written at the end of training, and `hft predict` defaults."""
+
+    prompts: list[str] = Field(
+        default_factory=list,
+        description="Generated with the fine-tuned model at the end of training and saved to samples.jsonl in the run "
+        "directory. With chat data (messages or prompt/response columns) each prompt is a user message formatted with "
+        "the chat template; with plain text it is the start of a text to continue.",
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Most tokens generated per prompt.")
+    do_sample: bool = Field(False, description="Sample (with temperature and top_p) instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample: true only).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this probability mass (do_sample: true only).")
 
 
 class Recipe(_Section):
@@ -189,6 +238,7 @@ class Recipe(_Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    generation: GenerationSection = Field(default_factory=GenerationSection, description="Causal LM only.")
     output_dir: str = Field(description="Run directory written by finetune and read by evaluate, predict and push.")
 
     @model_validator(mode="after")
@@ -204,6 +254,56 @@ class Recipe(_Section):
         if extra:
             raise ValueError(
                 f"dataset.columns.{extra[0]} is not used by task {self.task} (it uses: {', '.join(sorted(allowed))})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _causal_lm_settings(self) -> Recipe:
+        # Compared with the defaults (not with what was written) so the resolved recipe of any run re-validates.
+        ds = self.dataset
+        if self.task != "causal-lm":
+            if ds.batching != "padded":
+                raise ValueError(f"dataset.batching {ds.batching} is for task causal-lm; {self.task} batches padded")
+            if ds.end_of_turn_token is not None:
+                raise ValueError(f"dataset.end_of_turn_token is for causal-lm chat data, not task {self.task}")
+            if self.generation != GenerationSection():
+                raise ValueError(f"generation is for task causal-lm; {self.task} generates no text")
+            return self
+        c = ds.columns
+        kinds = [k for k, on in (("text", c.text), ("messages", c.messages), ("prompt/response", c.prompt or c.response)) if on]
+        if len(kinds) != 1:
+            given = f" (given: {', '.join(kinds)})" if kinds else ""
+            raise ValueError(
+                "dataset.columns needs exactly one kind of causal-lm data: text (plain text), messages (chat) or "
+                f"prompt and response{given}"
+            )
+        if (c.prompt is None) != (c.response is None):
+            raise ValueError("dataset.columns needs both prompt and response (a prompt/response pair per row)")
+        if ds.batching == "blocks" and c.text is None:
+            raise ValueError("dataset.batching blocks cuts plain text (columns.text) into blocks; chat data uses padded or packed")
+        if ds.end_of_turn_token is not None and c.text is not None:
+            raise ValueError("dataset.end_of_turn_token is for chat data (messages or prompt/response), not plain text")
+        return self
+
+    @model_validator(mode="after")
+    def _no_access_tokens(self) -> Recipe:
+        # A token in a recipe would be copied into recipe.resolved.yaml and published with the model. The value itself
+        # is never echoed: the message names only where it is.
+        def walk(value: Any, path: str) -> str | None:
+            if isinstance(value, str):
+                return path if HF_TOKEN_PATTERN.search(value) else None
+            items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+            for key, child in items:
+                found = walk(child, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
+                if found:
+                    return found
+            return None
+
+        found = walk(self.model_dump(mode="json"), "")
+        if found:
+            raise ValueError(
+                f"{found.lstrip('.')} looks like a Hugging Face access token; tokens never go in recipes (they are saved "
+                "with the run and published with the model): set HF_TOKEN or run `hf auth login` instead"
             )
         return self
 
@@ -292,6 +392,12 @@ def _model_for_path(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+def _abbreviation_of(key: str, valid: list[str]) -> list[str]:
+    """`rank` -> `r`, `lr_sched` -> `lr_scheduler`: prefixes that plain edit distance misses."""
+    hits = [v for v in valid if key.startswith(v) or v.startswith(key)]
+    return sorted(hits, key=lambda v: abs(len(v) - len(key)))[:1]
+
+
 def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int], overridden: set[tuple]) -> list[str]:
     problems = []
     for e in err.errors():
@@ -310,7 +416,7 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int], o
         if e["type"] == "extra_forbidden":
             owner = _model_for_path(loc[:-1])
             valid = list(owner.model_fields) if owner else []
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5) or _abbreviation_of(str(loc[-1]), valid)
             hint = f" (did you mean {close[0]}?)" if close else (f" (valid keys: {', '.join(valid)})" if valid else "")
             problems.append(f"{where}: {dotted}: unknown key{hint}")
         elif e["type"] == "missing":

@@ -35,6 +35,7 @@ import mimetypes
 import os
 import re
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -45,7 +46,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -250,8 +251,6 @@ class HubStorage:
             return sha
 
     def delete_repo(self, repo_type: str, repo_id: str) -> None:
-        import shutil
-
         with self.lock:
             shutil.rmtree(self.repo_dir(repo_type, repo_id), ignore_errors=True)
             self._commit_cache = {k: v for k, v in self._commit_cache.items() if k[:2] != (repo_type, repo_id)}
@@ -400,9 +399,8 @@ class HubStorage:
             _validate_repo_path(op.path)
         if op.kind == "file":
             assert op.data is not None
-            lfs = False
             self.put_object(op.data)
-            files[op.path] = self._entry(op.data, lfs=lfs)
+            files[op.path] = self._entry(op.data, lfs=False)
         elif op.kind == "lfsFile":
             oid = (op.oid or "").lower()
             if not self.has_object(oid):
@@ -621,7 +619,12 @@ class _Handler(BaseHTTPRequestHandler):
         record = RequestRecord(method, raw_path, query, self.headers.get("Authorization"))
         with hub._log_lock:
             hub.log.append(record)
-        body = self._read_body()
+        try:
+            body = self._read_body()
+        except ValueError:  # malformed Content-Length / chunk sizes: the stream can't be trusted anymore
+            self.close_connection = True
+            self._send(method, _json({"error": "Malformed request body"}, 400), record)
+            return
 
         rules = hub.faults._take(method, raw_path)
         for rule in rules:
@@ -988,7 +991,8 @@ class HubServer:
             "email": f"{self.user}@example.com", "emailVerified": True, "isPro": False, "canPay": False,
             "avatarUrl": "", "orgs": [{"type": "org", "name": "org", "fullname": "Test Org", "roleInOrg": "admin"}],
             "auth": {"type": "access_token",
-                     "accessToken": {"displayName": "test-token", "role": auth, "createdAt": "2024-01-01T00:00:00.000Z"}},
+                     "accessToken": {"displayName": "test-token", "role": auth,
+                                     "createdAt": "2024-01-01T00:00:00.000Z"}},
         })
 
     @staticmethod
@@ -1111,7 +1115,8 @@ class HubServer:
             "usedStorage": sum(e["size"] for e in files.values()),
         }
         if "README.md" in files:
-            card = _parse_front_matter(self.storage.read_object(files["README.md"]["sha256"]).decode("utf-8", "replace"))
+            readme = self.storage.read_object(files["README.md"]["sha256"]).decode("utf-8", "replace")
+            card = _parse_front_matter(readme)
             if card is not None:
                 info["cardData"] = card
                 tags = card.get("tags")

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,10 @@ def test_huggingface_hub_upload_flow(hub_server: HubServer, tmp_path: Path) -> N
         out["info"] = {{"sha": info.sha, "license": info.card_data.license, "tags": info.tags,
                        "lfs": sorted(s.rfilename for s in info.siblings if s.lfs is not None)}}
         out["pinned_sha"] = api.model_info("org/tiny", revision=ci.oid).sha
+        out["tree"] = {{f.path: [type(f).__name__, f.last_commit.title, f.lfs is not None]
+                       for f in api.list_repo_tree("org/tiny", expand=True)}}
+        out["paths_info"] = [[type(f).__name__, f.path, f.size]
+                             for f in api.get_paths_info("org/tiny", ["config.json", "missing.txt"])]
         out["again"] = api.upload_folder(folder_path={str(folder)!r}, repo_id="org/tiny", commit_message="same").oid
         pr = api.create_commit("org/tiny", [CommitOperationAdd("notes.txt", b"second\\n"),
                                             CommitOperationDelete("config.json")],
@@ -241,6 +246,12 @@ def test_huggingface_hub_upload_flow(hub_server: HubServer, tmp_path: Path) -> N
     assert out["files"] == [".gitattributes", "README.md", "config.json", "model.safetensors", "notes.txt"]
     assert out["info"] == {"sha": sha, "license": "apache-2.0", "tags": ["tiny"], "lfs": ["model.safetensors"]}
     assert out["pinned_sha"] == sha
+    assert out["tree"] == {".gitattributes": ["RepoFile", "initial commit", False],
+                           "README.md": ["RepoFile", "first upload", False],
+                           "config.json": ["RepoFile", "first upload", False],
+                           "model.safetensors": ["RepoFile", "first upload", True],
+                           "notes.txt": ["RepoFile", "first upload", False]}
+    assert out["paths_info"] == [["RepoFile", "config.json", (folder / "config.json").stat().st_size]]
     assert out["again"] == sha  # identical content: the client sees matching oids and makes no commit
     commits = [r for r in hub_server.log if r.method == "POST" and r.path == "/api/models/org/tiny/commit/main"]
     assert [r.query.get("create_pr") for r in commits] == [None, ["1"]]
@@ -520,3 +531,9 @@ def test_fault_injection_retries_and_failed_commits(hub_server: HubServer, tmp_p
     faults.clear()
     status, _, _ = request(hub_server, "POST", "/api/models/org/f3/commit/main", body=body, token=TEST_TOKEN)
     assert status == 200 and hub_server.files("org/f3")["c.txt"] == b"c"
+
+    faults.delay("/api/models/org/f1", 0.3, times=1)
+    start = time.monotonic()
+    assert request(hub_server, "GET", "/api/models/org/f1")[0] == 200
+    assert time.monotonic() - start >= 0.3
+    assert faults.pending() == []

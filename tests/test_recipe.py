@@ -1,0 +1,145 @@
+"""Recipe loading: every problem reported at once with file, line and YAML path; precedence; shipped recipes valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hftoolkit.errors import RecipeError
+from hftoolkit.recipe import Recipe, load_recipe, recipe_json_schema
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = """\
+task: text-classification
+model:
+  name: google-bert/bert-base-uncased
+dataset:
+  name: stanfordnlp/sst2
+  columns: {text: sentence, label: label}
+output_dir: runs/x
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "recipe.yaml"
+    p.write_text(text)
+    return p
+
+
+def problems(path: Path, overrides=()) -> list[str]:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, overrides)
+    return info.value.problems
+
+
+def test_minimal_recipe_gets_defaults(tmp_path):
+    r = load_recipe(write(tmp_path, BASE))
+    assert r.lora.enabled and r.lora.r == 8
+    assert r.training.precision == "auto" and r.training.seed == 42
+    assert r.dataset.splits.train == "train"
+
+
+def test_unknown_key_names_file_line_path_and_suggestion(tmp_path):
+    p = write(tmp_path, BASE + "training:\n  epochs: 2\n  learnig_rate: 0.001\n")
+    (msg,) = problems(p)
+    assert msg == f"{p}:10: training.learnig_rate: unknown key (did you mean learning_rate?)"
+
+
+def test_all_errors_reported_at_once(tmp_path):
+    p = write(tmp_path, BASE + "training:\n  epochs: three\n  batch_size: -1\nlora:\n  rank: 4\n")
+    msgs = problems(p)
+    assert len(msgs) == 3
+    text = "\n".join(msgs)
+    assert f"{p}:9: training.epochs: Input should be a valid number" in text and "'three'" in text
+    assert f"{p}:10: training.batch_size: Input should be greater than or equal to 1" in text
+    assert f"{p}:12: lora.rank: unknown key (did you mean r?)" in text
+
+
+def test_wrong_type_in_nested_section(tmp_path):
+    p = write(tmp_path, BASE.replace("columns: {text: sentence, label: label}", "columns: [sentence]"))
+    (msg,) = problems(p)
+    assert "dataset.columns" in msg and f"{p}:6" in msg
+
+
+def test_missing_required_key(tmp_path):
+    p = write(tmp_path, BASE.replace("output_dir: runs/x\n", ""))
+    (msg,) = problems(p)
+    assert msg == f"{p}: output_dir: required key is missing"
+
+
+def test_python_tag_is_refused_and_nothing_runs(tmp_path):
+    canary = tmp_path / "canary"
+    p = write(tmp_path, BASE + f"x: !!python/object/apply:os.system ['touch {canary}']\n")
+    (msg,) = problems(p)
+    assert "python/object/apply" in msg and "refused" in msg and f"{p}:8" in msg
+    assert not canary.exists()
+
+
+def test_duplicate_keys_are_an_error(tmp_path):
+    p = write(tmp_path, BASE + "training:\n  epochs: 1\n  epochs: 2\n")
+    (msg,) = problems(p)
+    assert "duplicate key 'epochs'" in msg and "line 9" in msg
+
+
+def test_precedence_defaults_yaml_set(tmp_path):
+    p = write(tmp_path, BASE + "training:\n  learning_rate: 0.001\n  epochs: 2\n")
+    r = load_recipe(p, ["training.learning_rate=1e-4", "lora.enabled=false", "dataset.max_samples.train=10"])
+    assert r.training.learning_rate == pytest.approx(1e-4)  # --set beats YAML
+    assert r.training.epochs == 2  # YAML beats default
+    assert r.training.batch_size == 16  # default
+    assert r.lora.enabled is False
+    assert r.dataset.max_samples == {"train": 10}
+
+
+def test_set_errors_say_they_come_from_set(tmp_path):
+    p = write(tmp_path, BASE)
+    msgs = problems(p, ["training.epoch=3", "training.batch_size=abc"])
+    assert "--set: training.epoch: unknown key (did you mean epochs?)" in msgs
+    assert any(m.startswith("--set: training.batch_size:") for m in msgs)
+    with pytest.raises(RecipeError, match="expected key.path=value"):
+        load_recipe(p, ["training.epochs"])
+
+
+def test_cross_field_rules(tmp_path):
+    p = write(tmp_path, BASE + "training:\n  eval_strategy: steps\n")
+    (msg,) = problems(p)
+    assert "training" in msg and "eval_steps" in msg
+    p = write(tmp_path, BASE.replace("label: label}", "label: label, image: img}"))
+    (msg,) = problems(p)
+    assert "dataset.columns.image is not used by task text-classification" in msg and f"{p}:6" in msg
+
+
+def test_remote_code_requires_pinned_commit(tmp_path):
+    p = write(tmp_path, BASE.replace("  name: google-bert/bert-base-uncased", "  name: x/y\n  trust_remote_code: true"))
+    (msg,) = problems(p)
+    assert "pin model.revision" in msg
+
+
+def test_validators_do_not_rewrite_input(tmp_path):
+    p = write(tmp_path, BASE + "evaluation:\n  metrics: [Accuracy]\n")
+    assert load_recipe(p).evaluation.metrics == ["Accuracy"]
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    assert problems(tmp_path / "nope.yaml") == ["file not found"]
+    p = write(tmp_path, "- just\n- a list\n")
+    (msg,) = problems(p)
+    assert "must be a mapping" in msg
+
+
+def test_json_schema_forbids_unknown_keys():
+    schema = recipe_json_schema()
+    assert schema["additionalProperties"] is False
+    assert "learning_rate" in schema["$defs"]["TrainingSection"]["properties"]
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid_and_says_how_to_run_it(recipe):
+    first = recipe.read_text().splitlines()[0]
+    assert first.startswith("# Run") and f"hft finetune recipes/{recipe.name}" in first, first
+    r = load_recipe(recipe)
+    assert isinstance(r, Recipe)
+    # The saved form round-trips: what a run directory stores is a valid recipe again.
+    assert Recipe.model_validate(yaml.safe_load(yaml.safe_dump(r.model_dump(mode="json")))) == r
