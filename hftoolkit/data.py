@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from hftoolkit.recipe import DatasetSection
 
-_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
 
 def hub_offline() -> bool:
@@ -62,16 +62,19 @@ def load_raw(ds: DatasetSection) -> tuple[DatasetDict, DataSource]:
     import datasets
 
     if ds.files is not None:
-        return _load_files(ds.files)
+        return _load_files(ds.files, ds.text_sample_by)
     assert ds.name is not None
     path = local_path(ds.name)
     kwargs: dict[str, Any] = {"revision": ds.revision} if ds.revision else {}
     if path is not None and path.is_file():
         fmt = _FORMATS.get(path.suffix.lower())
         if fmt is None:
-            raise DataError(f"dataset {ds.name!r}: unsupported file type {path.suffix!r} (use csv, json, jsonl or parquet)")
-        return _load_files({"train": str(path)})
+            raise DataError(f"dataset {ds.name!r}: unsupported file type {path.suffix!r} (use csv, json, jsonl, parquet or txt)")
+        return _load_files({"train": str(path)}, ds.text_sample_by)
     target = str(path) if path is not None else ds.name
+    if path is not None and _is_image_folder(path):
+        # Named explicitly: left to guess, datasets picks the builder of the most common file type.
+        target, kwargs = "imagefolder", {**kwargs, "data_dir": str(path)}
     try:
         raw = datasets.load_dataset(target, ds.config, **kwargs)
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError, ValueError)
@@ -81,7 +84,27 @@ def load_raw(ds: DatasetSection) -> tuple[DatasetDict, DataSource]:
     return raw, source
 
 
-def _load_files(files: dict[str, str]) -> tuple[DatasetDict, DataSource]:
+def _is_image_folder(path: Path) -> bool:
+    """A local folder of image files (class subfolders, optionally inside split folders), not of data tables.
+
+    Decided by the first image or table file found, so a folder of a million images is not listed in full.
+    """
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    if not path.is_dir():
+        return False
+    image_suffixes = {e.lower() for e in ImageFolder.EXTENSIONS}
+    for p in path.rglob("*"):
+        suffix = p.suffix.lower()
+        if suffix in image_suffixes:
+            return True
+        # .txt is a data format too, but README/SOURCE.txt files commonly sit beside images: they decide nothing.
+        if (suffix in _FORMATS and suffix != ".txt") or suffix == ".arrow":
+            return False
+    return False
+
+
+def _load_files(files: dict[str, str], text_sample_by: str = "paragraph") -> tuple[DatasetDict, DataSource]:
     import datasets
 
     fmts = set()
@@ -91,12 +114,15 @@ def _load_files(files: dict[str, str]) -> tuple[DatasetDict, DataSource]:
             raise DataError(f"dataset.files.{role}: file {f!r} does not exist (resolved to {p.resolve()})")
         fmt = _FORMATS.get(p.suffix.lower())
         if fmt is None:
-            raise DataError(f"dataset.files.{role}: unsupported file type {p.suffix!r} (use csv, json, jsonl or parquet)")
+            raise DataError(f"dataset.files.{role}: unsupported file type {p.suffix!r} (use csv, json, jsonl, parquet or txt)")
         fmts.add(fmt)
     if len(fmts) > 1:
         raise DataError(f"dataset.files mixes formats ({', '.join(sorted(fmts))}); use one format for all splits")
     fmt = fmts.pop()
     extra = {"delimiter": "\t"} if all(f.endswith(".tsv") for f in files.values()) else {}
+    if fmt == "text":
+        # Plain text becomes one `text` column; datasets' own builder decides rows (paragraphs by default).
+        extra = {"sample_by": text_sample_by, "keep_linebreaks": True}
     try:
         raw = datasets.load_dataset(fmt, data_files={k: str(Path(v).expanduser()) for k, v in files.items()}, **extra)
     except Exception as e:

@@ -45,3 +45,15 @@ class RunDirError(HftError):
 
 class PushError(HftError):
     """Publishing to the Hub was refused or failed; the remote repo is left as it was."""
+
+
+class TrainingInterrupted(HftError):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; `hft finetune RECIPE --resume` continues it.
+
+    The exit code is the shell's for the signal (130 for SIGINT, 143 for SIGTERM): the run did not finish.
+    """
+
+    def __init__(self, message: str, *, exit_code: int, checkpoint: str | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.checkpoint = checkpoint

@@ -116,10 +116,12 @@ def validate(recipe: Recipe) -> list[str]:
     import transformers
 
     from hftoolkit import metrics as metric_lib
-    from hftoolkit.modeling import apply_lora, check_head, load_config, load_processor, resolve_ref
+    from hftoolkit.modeling import apply_lora, check_head, check_local_weights, load_config, load_processor, resolve_ref
     from hftoolkit.tasks import get_task
 
     task = get_task(recipe.task)
+    # The weights are never read here, but a folder finetune would refuse (pickle only) is refused now too.
+    check_local_weights(resolve_ref(recipe.model), recipe.model)
     processor = load_processor(task, recipe.model)
     data = prepare_data(recipe, task, processor, sample=VALIDATE_SAMPLE)
     config = load_config(recipe.model)
@@ -171,7 +173,7 @@ def finetune(
     from hftoolkit import metrics as metric_lib
     from hftoolkit.callbacks import MetricsFile
     from hftoolkit.launch import prepare_worker_env
-    from hftoolkit.modeling import apply_lora, count_parameters, load_model, load_processor
+    from hftoolkit.modeling import apply_lora, count_parameters, declare_mean_loss, load_model, load_processor
     from hftoolkit.plots import loss_curve_png
     from hftoolkit.tasks import get_task
 
@@ -202,6 +204,8 @@ def finetune(
         data_seed=t.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        # Without a bf16 GPU, transformers accepts bf16 (CPU autocast) only when told the run is on CPU.
+        use_cpu=precision == "bf16" and not torch.cuda.is_available(),
         eval_strategy=t.eval_strategy,
         eval_steps=t.eval_steps,
         eval_on_start=t.eval_on_start,
@@ -220,6 +224,7 @@ def finetune(
         label_names=["labels"],
         gradient_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=t.dataloader_num_workers,
+        torch_compile=t.torch_compile,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     is_main = args.process_index == 0
@@ -247,6 +252,7 @@ def finetune(
     model = load_model(task, recipe, data.labels)
     if recipe.lora.enabled:
         model = apply_lora(model, task, recipe)
+    declare_mean_loss(model)
     trainable, total = count_parameters(model)
     log.info("model: trainable %s of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
@@ -426,7 +432,8 @@ def evaluate_run(
     import torch
     from transformers import EvalPrediction, Trainer, TrainingArguments
 
-    from hftoolkit.modeling import load_trained
+    from hftoolkit.launch import main_process_first
+    from hftoolkit.modeling import declare_mean_loss, load_trained
     from hftoolkit.tasks import get_task
 
     run = open_run(run_path, revision)
@@ -434,7 +441,10 @@ def evaluate_run(
     recipe = run.load_recipe()
     task = get_task(recipe.task)
     model, processor = load_trained(task, recipe, run.model)
-    data = prepare_data(recipe, task, processor)
+    declare_mean_loss(model)
+    # Under accelerate launch: one process tokenizes into the datasets cache, the others read it.
+    with main_process_first():
+        data = prepare_data(recipe, task, processor)
     trained_labels = manifest.get("labels")
     if trained_labels and data.labels != trained_labels:
         raise DataError(
@@ -453,6 +463,7 @@ def evaluate_run(
             remove_unused_columns=False,
             label_names=["labels"],
             bf16=choose_precision(recipe.training.precision) == "bf16",
+            use_cpu=choose_precision(recipe.training.precision) == "bf16" and not torch.cuda.is_available(),
             dataloader_pin_memory=torch.cuda.is_available(),
         )
         trainer = Trainer(
@@ -491,8 +502,6 @@ def predict_run(
     run_path: str | Path, inputs: list[str], options: dict[str, Any] | None = None, revision: str | None = None
 ) -> list[dict[str, Any]]:
     """A quick look at a trained run: the task's `predict` on raw inputs (texts, image paths or prompts)."""
-    import torch
-
     from hftoolkit.modeling import load_trained
     from hftoolkit.tasks import get_task
 
@@ -502,7 +511,12 @@ def predict_run(
     if not inputs:
         raise HftError("give at least one input to predict on")
     task = get_task(recipe.task)
+    check_inputs = getattr(task, "check_predict_inputs", None)  # optional hook: e.g. image paths exist
+    if check_inputs is not None:
+        check_inputs(list(inputs))
     model, processor = load_trained(task, recipe, run.model)
+    import torch  # after the checks above: a wrong path or run fails without waiting for torch
+
     if torch.cuda.is_available():
         model.to("cuda")
     # The run's own generation settings (an optional task hook) are the defaults; what the user gave wins.

@@ -181,6 +181,11 @@ class TrainingSection(_Section):
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
     gradient_checkpointing: bool = False
     dataloader_num_workers: int = Field(0, ge=0)
+    torch_compile: bool = Field(
+        False,
+        description="Compile the model with torch.compile. Opt-in for long runs: compiling costs minutes up front and "
+        "recompiles for new batch shapes (see bench/RESULTS.md).",
+    )
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description='Trainer integrations; ["none"] for none.')
 
     @model_validator(mode="after")
@@ -334,6 +339,16 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+# YAML 1.1 reads yes/no/on/off as booleans, so `eval_strategy: no` would arrive as False. Recipes follow YAML 1.2:
+# only true/false are booleans; `no` stays the string the user wrote.
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:

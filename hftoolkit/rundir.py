@@ -6,12 +6,14 @@
       data_report.json       split sizes, label counts, token lengths, truncation, dropped rows
       model/                 adapter (adapter_config.json + adapter_model.safetensors, head included) or full
                              weights (model.safetensors), config.json with id2label, tokenizer/processor files
-      checkpoints/           Trainer checkpoints (for --resume)
+      checkpoints/           Trainer checkpoints (for --resume); each complete one holds hft_checkpoint.json
+                             (step, run id, recipe and data fingerprints), written after all its files
       tensorboard/           TensorBoard event files
       metrics.jsonl          one JSON object per logging step (train loss, lr, eval metrics)
       train_results.json     final training metrics and the validation scores
       eval_results.json      written by `hft evaluate`
       loss_curve.png, confusion_matrix.png
+      samples.jsonl          causal LM: the recipe's generation prompts answered by the fine-tuned model
 
 Writes are atomic (temp file + rename), so a crash never leaves a truncated JSON behind.
 """
@@ -66,6 +68,9 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
+    def __str__(self) -> str:
+        return str(self.path)
+
     # Paths of the contract ---------------------------------------------------------------------------------------
     @property
     def manifest(self) -> Path:
@@ -108,8 +113,11 @@ class RunDir:
         return self.path / "loss_curve.png"
 
     # Writing -------------------------------------------------------------------------------------------------------
-    def check_writable(self, recipe: Recipe, *, overwrite: bool, resume: bool) -> None:
-        """Refuse to mix two runs in one directory. Called before any heavy work, so nothing is half-written."""
+    def check_writable(self, recipe: Recipe, *, overwrite: bool, resume: bool, allow_recipe_change: bool = False) -> None:
+        """Refuse to mix two runs in one directory. Called before any heavy work, so nothing is half-written.
+
+        `--resume` with a changed recipe is refused with the changed keys unless `allow_recipe_change`.
+        """
         from hftoolkit.recipe import diff_recipes
 
         if not self.path.exists() or overwrite:
@@ -130,15 +138,24 @@ class RunDir:
                 "or pass --overwrite to replace its contents"
             )
         manifest = read_json(self.manifest)
+        status = manifest.get("status")
         if manifest.get("recipe_fingerprint") != recipe.fingerprint():
             old = yaml.safe_load(self.recipe.read_text()) if self.recipe.is_file() else {}
             changed = diff_recipes(old or {}, recipe.model_dump(mode="json"))
             shown = "; ".join(changed[:8]) + (" …" if len(changed) > 8 else "")
+            if resume and allow_recipe_change:
+                return
+            if resume:
+                raise RunDirError(
+                    f"--resume: the recipe changed since the run in {self.path} started (changed: {shown or 'recipe'}); "
+                    "pass --allow-recipe-change to continue it with the new values, or --overwrite to start over"
+                )
             raise RunDirError(
                 f"output_dir {self.path} holds a different run (changed: {shown or 'recipe'}); choose another "
                 "output_dir or pass --overwrite to replace it"
             )
-        status = manifest.get("status")
+        if resume and status == "completed":
+            raise RunDirError(f"--resume: the run in {self.path} already finished; there is nothing to resume")
         if resume:
             return
         if status == "completed":
@@ -154,6 +171,10 @@ class RunDir:
         if overwrite and self.path.exists() and not resume:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def load_manifest(self) -> dict:
+        """The manifest, or {} when the run has none yet."""
+        return read_json(self.manifest) if self.manifest.is_file() else {}
 
     def update_manifest(self, **fields: Any) -> dict:
         data = read_json(self.manifest) if self.manifest.is_file() else {}
@@ -186,3 +207,18 @@ class RunDir:
                 "finish it with `hft finetune RECIPE --resume`"
             )
         return manifest
+
+
+def open_run(ref: str | Path, revision: str | None = None) -> RunDir:
+    """The run `evaluate` and `predict` read: a local run directory, or a Hub repo id (`org/name`) pushed by `hft push`.
+
+    An existing local path always wins, so `runs/quickstart` is never mistaken for a Hub repo.
+    """
+    from hftoolkit.hub import is_hub_id, open_hub_run
+
+    text = str(ref)
+    if Path(text).expanduser().exists() or not is_hub_id(text):
+        if revision is not None:
+            raise RunDirError(f"--revision is for Hub repos; {text} is a local run directory")
+        return RunDir(Path(text).expanduser())
+    return open_hub_run(text, revision)

@@ -18,7 +18,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.pop("HF_TOKEN", None)
 
-from tests.fixtures import REPO, build_tiny_bert, small_reviews, text_cls_recipe  # noqa: E402
+from tests.fixtures import REPO, build_tiny_bert, build_tiny_vit, colour_imagefolder, small_reviews, text_cls_recipe  # noqa: E402
 
 SHARED = Path(os.environ.get("HFT_SHARED", REPO.parent / "shared"))
 
@@ -39,6 +39,24 @@ def tiny_bert(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def reviews(tmp_path_factory) -> dict[str, Path]:
     return small_reviews(tmp_path_factory.mktemp("reviews"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> Path:
+    """Headless tiny ViT + image processor (32x32 input): the head is created for the data's labels."""
+    return build_tiny_vit(tmp_path_factory.mktemp("tiny_vit"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_3_labels(tmp_path_factory) -> Path:
+    """Tiny ViT that already has a 3-class head (model.replace_head cases)."""
+    return build_tiny_vit(tmp_path_factory.mktemp("tiny_vit_3"), num_labels=3)
+
+
+@pytest.fixture(scope="session")
+def colour_images(tmp_path_factory) -> Path:
+    """imagefolder {train,val,test}/{blue,red}: two classes told apart by colour, PNG/JPEG, one L and one RGBA."""
+    return colour_imagefolder(tmp_path_factory.mktemp("colour_images"))
 
 
 @pytest.fixture

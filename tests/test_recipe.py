@@ -143,3 +143,12 @@ def test_every_shipped_recipe_is_valid_and_says_how_to_run_it(recipe):
     assert isinstance(r, Recipe)
     # The saved form round-trips: what a run directory stores is a valid recipe again.
     assert Recipe.model_validate(yaml.safe_load(yaml.safe_dump(r.model_dump(mode="json")))) == r
+
+
+def test_no_is_a_string_not_false(tmp_path):
+    """YAML 1.1's yes/no booleans would turn `eval_strategy: no` into False; recipes keep the word."""
+    p = write(tmp_path, BASE + "training:\n  eval_strategy: no\n  save_strategy: no\n  group_by_length: false\n")
+    r = load_recipe(p, ["lora.enabled=false"])
+    assert r.training.eval_strategy == "no" and r.training.save_strategy == "no"
+    assert r.training.group_by_length is False and r.lora.enabled is False
+    assert load_recipe(p, ["training.eval_strategy=no"]).training.eval_strategy == "no"

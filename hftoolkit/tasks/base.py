@@ -55,7 +55,7 @@ class Task(Protocol):
     name: str  # the recipe's `task:` value
     pipeline_tag: str  # Hub pipeline tag for the model card
     auto_model: str  # transformers Auto class used to load the model
-    peft_task_type: str  # peft.TaskType name
+    peft_task_type: str | None  # peft.TaskType name; None = PEFT's generic PeftModel (inputs other than input_ids)
     default_metrics: tuple[str, ...]
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
@@ -90,4 +90,21 @@ class Task(Protocol):
         """Extra evaluation files (e.g. a confusion matrix PNG); returns their names."""
 
     def predict(self, model: Any, processor: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
-        """`hft predict`: one result per input."""
+        """`hft predict`: one result per input, each {"input": ...} plus either "label" and "score" (classifiers)
+        or "generated_text" (generators). `options` holds what the user gave (max_new_tokens, do_sample, temperature,
+        top_p) over the task's optional predict_options defaults (tasks ignore options that do not apply to them).
+        Bad inputs raise DataError."""
+
+    # Optional hooks: the pipeline calls them only when a task defines them.
+    #
+    # def write_train_artifacts(self, model, processor, recipe: Recipe, out_dir: Path) -> list[str]:
+    #     """After training, main process only, once the model is saved: extra run files (causal LM: samples.jsonl
+    #     from the recipe's generation prompts); returns their names."""
+    #
+    # def predict_options(self, recipe: Recipe) -> dict[str, Any]:
+    #     """Defaults for `predict` options from the run's recipe (causal LM: its generation settings and whether
+    #     inputs are chat messages); the user's options override them."""
+    #
+    # def check_predict_inputs(self, inputs: list[str]) -> None:
+    #     """Before the model is loaded: raise DataError for inputs that cannot work (image classification: a path
+    #     that does not exist), so a typo fails in a second instead of after loading the model."""

@@ -1,0 +1,454 @@
+"""Surviving faults in `hft finetune`: complete-marked checkpoints, exact resume, graceful stop on SIGTERM/SIGINT.
+
+What lives here and why it is ours rather than the library's:
+- `CheckpointMarker`: Trainer writes checkpoint folders file by file and never says when one is whole, so a run
+  killed mid-save leaves a folder `get_last_checkpoint` would happily resume from. We add `hft_checkpoint.json`
+  (step, run id, recipe and data fingerprints) once every rank has finished writing; only marked folders resume.
+- `GracefulStop`: turns SIGTERM/SIGINT into "finish this step, save a checkpoint, stop". transformers'
+  `enable_jit_checkpoint` covers SIGTERM only, waits a fixed 3 s, saves without the ranks agreeing on a step, and
+  then lets `train()` return as if training had finished, so the caller cannot tell the run is incomplete.
+- `ResumableTrainer`: Trainer with an epoch-seeded length-grouped sampler (see its docstring).
+- `verify_checkpoint_files`: loads every pickle-based file of a checkpoint with `weights_only=True` (what Trainer
+  uses too) before resuming, so a tampered file is refused up front with its name instead of deep in the loop.
+- `FaultInjection`: TEST-ONLY hooks driven by HFT_TEST_* environment variables (documented on the class).
+
+Imports transformers and torch: load this module only inside commands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from hftoolkit import __version__
+from hftoolkit.errors import RunDirError
+from hftoolkit.rundir import RunDir, read_json, write_json
+
+log = logging.getLogger("hftoolkit")
+
+MARKER = "hft_checkpoint.json"
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+# Trainer's own pickle-based checkpoint files; training_args.bin is written but never loaded back by Trainer.
+_PICKLED = (".pt", ".pth", ".bin")
+_NOT_LOADED = {"training_args.bin"}
+# Set by GracefulStop's handler; lets the test-only pause hook return as soon as a signal arrived.
+_SIGNAL_SEEN = threading.Event()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Finding the checkpoint to resume from
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    info: dict[str, Any] = field(default_factory=dict)  # the marker's content; empty when incomplete
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.info.get("complete"))
+
+
+def scan(folder: Path) -> list[Checkpoint]:
+    """Every checkpoint-N folder, oldest first, with its marker when it has a readable one."""
+    found = []
+    if not folder.is_dir():
+        return found
+    for child in folder.iterdir():
+        m = _CHECKPOINT_DIR.match(child.name)
+        if not m or not child.is_dir():
+            continue
+        info: dict[str, Any] = {}
+        marker = child / MARKER
+        if marker.is_file():
+            try:
+                info = json.loads(marker.read_text())
+            except (OSError, json.JSONDecodeError):
+                info = {}
+        found.append(Checkpoint(child, int(m.group(1)), info if isinstance(info, dict) else {}))
+    return sorted(found, key=lambda c: c.step)
+
+
+def find_resume_checkpoint(
+    run: RunDir, recipe: Any, *, data_fingerprint: str | None, allow_recipe_change: bool
+) -> tuple[Checkpoint, list[Checkpoint]]:
+    """The latest complete checkpoint of this run, and the incomplete ones written after it (to be removed).
+
+    Refuses, with what to do: no complete checkpoint, a checkpoint of another run, a checkpoint written with another
+    recipe or other training data (unless allow_recipe_change).
+    """
+    from hftoolkit.recipe import diff_recipes
+
+    found = scan(run.checkpoints)
+    complete = [c for c in found if c.complete]
+    if not complete:
+        partial = ", ".join(c.path.name for c in found)
+        detail = f" (only incomplete ones: {partial}; they were being written when the run stopped)" if partial else ""
+        raise RunDirError(
+            f"--resume: no complete checkpoint in {run.checkpoints}{detail}; start over with --overwrite"
+        )
+    ckpt = complete[-1]
+    newer = [c for c in found if c.step > ckpt.step]
+    manifest = read_json(run.manifest) if run.manifest.is_file() else {}
+    run_id = manifest.get("run_id")
+    if run_id and ckpt.info.get("run_id") != run_id:
+        raise RunDirError(
+            f"--resume: {ckpt.path} belongs to another run (run id {ckpt.info.get('run_id')}, this run is {run_id}); "
+            "it was copied or left over from an earlier run in this directory. Remove it or start over with --overwrite"
+        )
+    if ckpt.info.get("recipe_fingerprint") != recipe.fingerprint() and not allow_recipe_change:
+        changed = diff_recipes(ckpt.info.get("recipe") or {}, recipe.model_dump(mode="json"))
+        shown = "; ".join(changed[:8]) + (" …" if len(changed) > 8 else "")
+        raise RunDirError(
+            f"--resume: {ckpt.path.name} was written with another recipe (changed: {shown or 'recipe'}); the resumed "
+            "run would not continue the same training. Pass --allow-recipe-change to resume with the new values"
+        )
+    saved_data = ckpt.info.get("data_fingerprint")
+    if saved_data and data_fingerprint and saved_data != data_fingerprint and not allow_recipe_change:
+        raise RunDirError(
+            f"--resume: the training data changed since {ckpt.path.name} was written (dataset fingerprint "
+            f"{saved_data} -> {data_fingerprint}). Pass --allow-recipe-change to resume on the new data anyway"
+        )
+    return ckpt, newer
+
+
+def verify_checkpoint_files(ckpt: Path) -> None:
+    """Load each pickle-based file Trainer will read, with `weights_only=True`, before resuming.
+
+    Same loader and allowlist as Trainer (its numpy globals for RNG state), so nothing is refused that Trainer would
+    accept. `mmap=True` keeps this cheap for big optimizer states: only the pickle structure is read.
+    """
+    import pickle
+
+    from transformers.trainer_pt_utils import safe_globals
+
+    from hftoolkit.modeling import unpickling_reason
+
+    for path in sorted(ckpt.iterdir()):
+        if not path.is_file() or not path.name.endswith(_PICKLED) or path.name in _NOT_LOADED:
+            continue
+        try:
+            with safe_globals():
+                try:
+                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as e:
+                    if "mmap" not in str(e):
+                        raise
+                    # Legacy (non-zip) serialization cannot be memory-mapped; the restricted unpickler still applies.
+                    torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = unpickling_reason(e)
+            raise RunDirError(
+                f"--resume: refusing to load {path}: it is not plain tensor data and loading it could run code "
+                f"({first}). Delete this checkpoint folder to resume from an earlier one, or start over with --overwrite"
+            ) from None
+        except Exception as e:  # truncated or corrupt file: resuming would crash later with a worse message
+            raise RunDirError(f"--resume: cannot read {path} ({type(e).__name__}: {e})") from None
+
+
+def remove_checkpoints(checkpoints: list[Checkpoint]) -> None:
+    for c in checkpoints:
+        log.warning("removing incomplete checkpoint %s (it was being written when the run stopped)", c.path)
+        shutil.rmtree(c.path, ignore_errors=True)
+
+
+def truncate_metrics(path: Path, ckpt: Checkpoint) -> None:
+    """Drop metrics.jsonl lines logged after the checkpoint, so the resumed run does not log those steps twice."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = ckpt.info.get("metrics_lines")
+    if not isinstance(keep, int):
+        keep = 0
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) > ckpt.step:
+                    break
+            except json.JSONDecodeError:
+                break
+            keep += 1
+    if keep < len(lines):
+        log.info("metrics.jsonl: dropping %d entries logged after step %d", len(lines) - keep, ckpt.step)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(lines[:keep]))
+        os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Callbacks
+
+
+class CheckpointMarker(TrainerCallback):
+    """Writes hft_checkpoint.json into each checkpoint once it is whole; only marked checkpoints are resumed from.
+
+    on_save runs after Trainer's `_save_checkpoint` returned on this rank; the barrier waits for the other ranks'
+    own files (rng_state_<rank>.pth, FSDP/DeepSpeed shards), then the main process flushes everything to disk and
+    writes the marker last, atomically.
+    """
+
+    def __init__(self, *, run_id: str, recipe: Any, data_fingerprint: str | None, metrics: Path):
+        self.run_id = run_id
+        self.recipe = recipe
+        self.data_fingerprint = data_fingerprint
+        self.metrics = metrics
+
+    def on_save(self, args, state, control, **kwargs):
+        if _is_distributed():
+            import torch.distributed as dist
+
+            dist.barrier()
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():
+            return
+        for f in folder.rglob("*"):
+            if f.is_file():
+                _fsync(f)
+        lines = len(self.metrics.read_text().splitlines()) if self.metrics.is_file() else 0
+        marker = folder / MARKER
+        write_json(
+            marker,
+            {
+                "complete": True,
+                "step": state.global_step,
+                "epoch": state.epoch,
+                "run_id": self.run_id,
+                "recipe_fingerprint": self.recipe.fingerprint(),
+                "data_fingerprint": self.data_fingerprint,
+                "world_size": args.world_size,
+                "metrics_lines": lines,
+                "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "hftoolkit_version": __version__,
+                "recipe": self.recipe.model_dump(mode="json"),
+            },
+        )
+        _fsync(marker)
+        _fsync(folder)
+
+
+class GracefulStop(TrainerCallback):
+    """SIGTERM/SIGINT -> finish the current optimizer step, save a checkpoint, stop; the caller then reports it.
+
+    Use as a context manager around `trainer.train()` (signal handlers can only be installed from the main thread).
+    With several processes the ranks agree on the step to stop at (an all-reduce of the signal number over a gloo
+    group, started at one step and read at the next so it never stalls the GPU); otherwise one rank could save while
+    another trains on. Outside a launcher a second signal stops at once. Under torchrun/accelerate launch a repeated
+    signal is ignored: the launcher forwards the user's signal to every worker, and ends them itself (SIGKILL after
+    TORCH_ELASTIC_SHUTDOWN_TIMEOUT, 30 s by default) if they take too long.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # first signal this process got
+        self.stopped_by: str | None = None  # signal name the ranks agreed to stop on
+        self.stopped_step: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._group: Any = None
+        self._pending: tuple[Any, torch.Tensor] | None = None
+        self._distributed = False
+
+    def __enter__(self) -> GracefulStop:
+        _SIGNAL_SEEN.clear()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(getattr(signal, self.stopped_by or "SIGTERM"))
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+            _SIGNAL_SEEN.set()
+            if int(os.environ.get("RANK", "0")) == 0:
+                log.warning(
+                    "%s received: finishing the current step, saving a checkpoint, then stopping%s",
+                    signal.Signals(signum).name,
+                    "" if _under_launcher() else " (send it again to stop at once, without a checkpoint)",
+                )
+            return
+        if _under_launcher():
+            return
+        self.__exit__()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._distributed = _is_distributed()
+        if self._distributed:
+            import torch.distributed as dist
+
+            # A CPU-side group: the flag exchange must not queue behind (or synchronise with) NCCL work.
+            self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        agreed = self._agree(self.received or 0)
+        if agreed:
+            self.stopped_by = signal.Signals(agreed).name
+            self.stopped_step = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None
+
+    def _agree(self, local: int) -> int:
+        if not self._distributed:
+            return local
+        import torch.distributed as dist
+
+        agreed = 0
+        if self._pending is not None:
+            work, flag = self._pending
+            work.wait()
+            agreed = int(flag.item())
+        flag = torch.tensor([local], dtype=torch.int64)
+        self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
+        return agreed
+
+
+def _under_launcher() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from (seed, epoch) alone; the training loop calls `set_epoch` before each epoch."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
+class ResumableTrainer(Trainer):
+    """Trainer that a resumed run follows step for step: epoch-seeded length grouping, RNG-neutral evaluation.
+
+    Trainer's LengthGroupedSampler shuffles with the global torch RNG at the moment an epoch's iterator is created.
+    A run resumed in the middle of a later epoch creates that iterator in a freshly seeded process (the checkpoint's
+    RNG state is restored only after the skipped batches), so it would see a different order than the uninterrupted
+    run did. accelerate's seedable sampler covers RandomSampler only; this is the same idea for length grouping.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._epoch_sampler: EpochSeededLengthGroupedSampler | None = None
+        # The data loader's own set_epoch does not reach the sampler through accelerate's skip-batches wrapper
+        # around a multi-process shard (a resumed epoch), so the epoch is also handed over at each epoch's start.
+        self.add_callback(_SamplerEpoch(self))
+
+    def evaluate(self, *args: Any, **kwargs: Any):
+        """Evaluation leaves the training RNG streams as it found them.
+
+        Each DataLoader iterator draws a seed from the global torch RNG. A checkpoint saved at the last step of an
+        epoch (save_steps) holds the state before the epoch-end evaluation, so a run resumed from it would start
+        the next epoch one draw behind the uninterrupted run (other dropout masks). Forking also means adding or
+        removing evaluations does not change what training does.
+        """
+        accel = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
+        devices = [torch.accelerator.current_device_index()] if accel is not None else []
+        with torch.random.fork_rng(devices=devices):
+            return super().evaluate(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            self._epoch_sampler = EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+            return self._epoch_sampler
+        return sampler
+
+
+class _SamplerEpoch(TrainerCallback):
+    def __init__(self, trainer: ResumableTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.trainer._epoch_sampler is not None:
+            # state.epoch is the fraction of epochs done: whole at an epoch start, 1.33 when resuming into epoch 1.
+            self.trainer._epoch_sampler.set_epoch(int(state.epoch or 0))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# TEST-ONLY fault injection
+
+
+class FaultInjection(TrainerCallback):
+    """TEST-ONLY: simulated faults for the resume and multi-process tests. Never set these in real runs.
+
+    HFT_TEST_FAIL_RANK=R          raise on rank R only, at the end of step HFT_TEST_FAIL_STEP (default 1)
+    HFT_TEST_FAIL_AFTER_SAVE=S    raise (every rank) right after checkpoint-S was saved and marked complete
+    HFT_TEST_PAUSE_AT_STEP=S      at the end of step S, print "HFT_TEST paused at step S" to stderr and sleep until a
+                                  signal arrives (SIGTERM/SIGINT tests) or the process is killed (SIGKILL tests)
+
+    Installed only when one of these variables is set (`from_env`), after CheckpointMarker and before GracefulStop.
+    """
+
+    def __init__(self, env: dict[str, str]):
+        self.fail_rank = int(env["HFT_TEST_FAIL_RANK"]) if "HFT_TEST_FAIL_RANK" in env else None
+        self.fail_step = int(env.get("HFT_TEST_FAIL_STEP", "1"))
+        self.fail_after_save = int(env["HFT_TEST_FAIL_AFTER_SAVE"]) if "HFT_TEST_FAIL_AFTER_SAVE" in env else None
+        self.pause_at = int(env["HFT_TEST_PAUSE_AT_STEP"]) if "HFT_TEST_PAUSE_AT_STEP" in env else None
+
+    @classmethod
+    def from_env(cls) -> FaultInjection | None:
+        keys = ("HFT_TEST_FAIL_RANK", "HFT_TEST_FAIL_AFTER_SAVE", "HFT_TEST_PAUSE_AT_STEP")
+        return cls(dict(os.environ)) if any(k in os.environ for k in keys) else None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.fail_rank is not None and args.process_index == self.fail_rank and state.global_step == self.fail_step:
+            raise RuntimeError(f"HFT_TEST_FAIL_RANK: injected failure on rank {self.fail_rank} at step {state.global_step}")
+        if self.pause_at is not None and state.global_step == self.pause_at:
+            print(f"HFT_TEST paused at step {state.global_step}", file=sys.stderr, flush=True)
+            deadline = time.monotonic() + 120
+            while not _SIGNAL_SEEN.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.fail_after_save is not None and state.global_step == self.fail_after_save:
+            raise RuntimeError(f"HFT_TEST_FAIL_AFTER_SAVE: injected failure after saving checkpoint-{state.global_step}")
