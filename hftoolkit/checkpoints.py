@@ -168,24 +168,30 @@ def remove_checkpoints(checkpoints: list[Checkpoint]) -> None:
 
 
 def truncate_metrics(path: Path, ckpt: Checkpoint) -> None:
-    """Drop metrics.jsonl lines logged after the checkpoint, so the resumed run does not log those steps twice."""
+    """Drop metrics.jsonl entries the resumed run will log again, so no step appears twice in the loss curve.
+
+    Kept: everything logged before the checkpoint was saved (the marker counts those lines), and evaluations of the
+    checkpoint's own step logged after it (the epoch-end evaluation follows a save_steps save; the resumed run
+    starts after it and would not redo it). Dropped: later steps, and the summary a stopped run logs at its last step.
+    """
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = ckpt.info.get("metrics_lines")
-    if not isinstance(keep, int):
-        keep = 0
-        for line in lines:
-            try:
-                if json.loads(line).get("step", 0) > ckpt.step:
-                    break
-            except json.JSONDecodeError:
-                break
-            keep += 1
-    if keep < len(lines):
-        log.info("metrics.jsonl: dropping %d entries logged after step %d", len(lines) - keep, ckpt.step)
+    counted = ckpt.info.get("metrics_lines")
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut short by the crash
+        step = entry.get("step", 0)
+        before_save = i < counted if isinstance(counted, int) else step <= ckpt.step
+        if before_save or (step == ckpt.step and any(k.startswith("eval_") for k in entry)):
+            kept.append(line)
+    if len(kept) < len(lines):
+        log.info("metrics.jsonl: dropping %d entries logged after step %d", len(lines) - len(kept), ckpt.step)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(lines[:keep]))
+        tmp.write_text("".join(kept))
         os.replace(tmp, path)
 
 
@@ -422,7 +428,8 @@ class FaultInjection(TrainerCallback):
     """TEST-ONLY: simulated faults for the resume and multi-process tests. Never set these in real runs.
 
     HFT_TEST_FAIL_RANK=R          raise on rank R only, at the end of step HFT_TEST_FAIL_STEP (default 1)
-    HFT_TEST_FAIL_AFTER_SAVE=S    raise (every rank) right after checkpoint-S was saved and marked complete
+    HFT_TEST_FAIL_AFTER_EVAL=S    raise (every rank) right after the evaluation at step S was logged (with
+                                  eval_strategy epoch: an exception at that epoch's boundary)
     HFT_TEST_PAUSE_AT_STEP=S      at the end of step S, print "HFT_TEST paused at step S" to stderr and sleep until a
                                   signal arrives (SIGTERM/SIGINT tests) or the process is killed (SIGKILL tests)
 
@@ -432,12 +439,12 @@ class FaultInjection(TrainerCallback):
     def __init__(self, env: dict[str, str]):
         self.fail_rank = int(env["HFT_TEST_FAIL_RANK"]) if "HFT_TEST_FAIL_RANK" in env else None
         self.fail_step = int(env.get("HFT_TEST_FAIL_STEP", "1"))
-        self.fail_after_save = int(env["HFT_TEST_FAIL_AFTER_SAVE"]) if "HFT_TEST_FAIL_AFTER_SAVE" in env else None
+        self.fail_after_eval = int(env["HFT_TEST_FAIL_AFTER_EVAL"]) if "HFT_TEST_FAIL_AFTER_EVAL" in env else None
         self.pause_at = int(env["HFT_TEST_PAUSE_AT_STEP"]) if "HFT_TEST_PAUSE_AT_STEP" in env else None
 
     @classmethod
     def from_env(cls) -> FaultInjection | None:
-        keys = ("HFT_TEST_FAIL_RANK", "HFT_TEST_FAIL_AFTER_SAVE", "HFT_TEST_PAUSE_AT_STEP")
+        keys = ("HFT_TEST_FAIL_RANK", "HFT_TEST_FAIL_AFTER_EVAL", "HFT_TEST_PAUSE_AT_STEP")
         return cls(dict(os.environ)) if any(k in os.environ for k in keys) else None
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -449,6 +456,6 @@ class FaultInjection(TrainerCallback):
             while not _SIGNAL_SEEN.is_set() and time.monotonic() < deadline:
                 time.sleep(0.05)
 
-    def on_save(self, args, state, control, **kwargs):
-        if self.fail_after_save is not None and state.global_step == self.fail_after_save:
-            raise RuntimeError(f"HFT_TEST_FAIL_AFTER_SAVE: injected failure after saving checkpoint-{state.global_step}")
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.fail_after_eval is not None and state.global_step == self.fail_after_eval:
+            raise RuntimeError(f"HFT_TEST_FAIL_AFTER_EVAL: injected failure after the evaluation at step {state.global_step}")

@@ -168,8 +168,10 @@ def test_exception_at_epoch_boundary_then_resume_equals_uninterrupted(tmp_path, 
 
     recipe = make_recipe(tmp_path, tiny_bert, reviews)
     run = tmp_path / "run"
-    proc = run_hft("finetune", recipe, env={"HFT_TEST_FAIL_AFTER_SAVE": "4"}, check=False)
-    assert proc.returncode == 1 and "HFT_TEST_FAIL_AFTER_SAVE: injected failure after saving checkpoint-4" in proc.stderr
+    # Step 4 ends epoch 1: checkpoint-4 is saved (save_steps), then the epoch-end evaluation is logged, then it fails.
+    proc = run_hft("finetune", recipe, env={"HFT_TEST_FAIL_AFTER_EVAL": "4"}, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "HFT_TEST_FAIL_AFTER_EVAL: injected failure after the evaluation at step 4" in proc.stderr
     assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
     checkpoint = run / "checkpoints" / "checkpoint-4"
     assert marker(checkpoint)["epoch"] == 1.0  # the epoch boundary
@@ -262,9 +264,14 @@ def test_truncate_metrics_keeps_what_was_logged_up_to_the_checkpoint(tmp_path):
     path = tmp_path / "metrics.jsonl"
     lines = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}, {"step": 2, "eval_loss": 0.8}, {"step": 3, "loss": 0.7}]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    truncate_metrics(path, Checkpoint(tmp_path, 2, {"complete": True, "metrics_lines": 3}))
+    truncate_metrics(path, Checkpoint(tmp_path, 2, {"complete": True, "metrics_lines": 2}))
+    # The evaluation of step 2 was logged after the save (epoch end) and stays; step 3 is redone by the resumed run.
     assert [json.loads(x) for x in path.read_text().splitlines()] == lines[:3]
-    truncate_metrics(path, Checkpoint(tmp_path, 1, {"complete": True}))  # older marker without a line count: by step
+    summary = {"step": 2, "train_runtime": 1.0}  # what a stopped run logs at its last step: not kept
+    path.write_text(path.read_text() + json.dumps(summary) + "\n")
+    truncate_metrics(path, Checkpoint(tmp_path, 2, {"complete": True, "metrics_lines": 2}))
+    assert [json.loads(x) for x in path.read_text().splitlines()] == lines[:3]
+    truncate_metrics(path, Checkpoint(tmp_path, 1, {"complete": True}))  # a marker without a line count: by step
     assert [json.loads(x) for x in path.read_text().splitlines()] == lines[:1]
 
 
