@@ -332,6 +332,13 @@ class GracefulStop(TrainerCallback):
             control.should_training_stop = True
         return control
 
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopped_by:
+            # Leaving the loop still ends the epoch; its evaluation would only spend the shutdown grace period.
+            control.should_evaluate = False
+            control.should_save = False
+        return control
+
     def on_train_end(self, args, state, control, **kwargs):
         if self._pending is not None:
             self._pending[0].wait()

@@ -38,7 +38,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def relaunch_argv(num_processes: int, hft_args: list[str], *, has_config: bool, gpus: int, port: int) -> list[str]:
+def relaunch_argv(num_processes: int, hft_args: list[str], *, has_config: bool, port: int) -> list[str]:
     """The accelerate launch command line for `hft <hft_args>` on `num_processes` processes of this machine."""
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
     if not has_config:
@@ -70,7 +70,7 @@ def relaunch(num_processes: int, hft_args: list[str], *, command: str, debug: bo
     if gpus == 0 and "OMP_NUM_THREADS" not in env:
         # torchrun would pin every worker to 1 thread; share the cores instead.
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // num_processes))
-    argv = relaunch_argv(num_processes, hft_args, has_config=has_config, gpus=gpus, port=_free_port())
+    argv = relaunch_argv(num_processes, hft_args, has_config=has_config, port=_free_port())
     log.info("launching %d processes: accelerate launch %s", num_processes, " ".join(argv[3:]))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hftoolkit import __version__
-from hftoolkit.errors import DataError, HftError, RunDirError, TrainingInterrupted
+from hftoolkit.errors import DataError, HftError, TrainingInterrupted
 from hftoolkit.rundir import RunDir, open_run, write_atomic, write_json
 from hftoolkit.tasks.base import DataReport
 
@@ -280,7 +280,7 @@ def finetune(
             precision=precision,
             world_size=args.world_size,
             device=_device_name(),
-            started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            started=previous.get("started") or _now(),
             model={"name": recipe.model.name, "revision": recipe.model.revision, "commit": _model_commit(model, recipe.model)},
             dataset={**data.source.as_dict(), "fingerprints": {r: f._fingerprint for r, f in data.features.items()}},
             labels=data.labels,
@@ -326,7 +326,9 @@ def finetune(
     if stopper.stopped_by:
         saved = run.checkpoints / f"checkpoint-{stopper.stopped_step}"
         if is_main:
-            run.update_manifest(status="interrupted", interrupted={"signal": stopper.stopped_by, "step": stopper.stopped_step, "at": _now()})
+            run.update_manifest(
+                status="interrupted", interrupted={"signal": stopper.stopped_by, "step": stopper.stopped_step, "at": _now()}
+            )
         raise TrainingInterrupted(
             f"{stopper.stopped_by} received: training stopped at step {stopper.stopped_step} of {trainer.state.max_steps} "
             f"and saved {saved}",

@@ -14,7 +14,11 @@ from tests.conftest import run_hft
 HEAVY = ("torch", "transformers", "datasets", "peft", "evaluate", "accelerate", "huggingface_hub")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["validate", "--help"], ["finetune", "--help"], ["evaluate", "--help"], ["schema"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["validate", "--help"], ["finetune", "--help"], ["evaluate", "--help"], ["predict", "--help"],
+     ["push", "--help"], ["schema"]],
+)
 def test_help_and_schema_do_not_import_the_ml_stack(argv):
     code = (
         "import sys\n"

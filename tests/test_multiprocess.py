@@ -127,7 +127,8 @@ def test_exactly_one_process_writes_the_run_directory(two_process_run):
     for ckpt in sorted((run / "checkpoints").glob("checkpoint-*")):
         assert {"rng_state_0.pth", "rng_state_1.pth", "hft_checkpoint.json"} <= {p.name for p in ckpt.iterdir()}
         assert marker(ckpt)["world_size"] == 2
-    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    # events.out.tfevents.<time>.<host>.<pid>.<n>: all from one process (Trainer reopens the writer after training)
+    assert len({f.name.split(".")[-2] for f in (run / "tensorboard").glob("events.out.tfevents.*")}) == 1
     assert proc.stderr.count("[hft] run written to") == 1
     train_logs(run)  # every step logged once
 
