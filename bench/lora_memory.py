@@ -4,6 +4,7 @@ Default (`-o setup=minilm`): all-MiniLM-L6-v2 text classification on SST-2 (2,00
 `-o setup=smollm2`: SmolLM2-135M-Instruct (Llama, from the GGUF in ../shared, dequantized once to safetensors
 under the working folder) causal LM on tiny_shakespeare paragraphs, batch 8, max_length 128: the kind of model
 LoRA is for, where weights, gradients and Adam state dwarf the fixed cost of the Python process.
+Variants: lora (hft's default LoRA), full (lora.enabled: false), lora-gc (LoRA + training.gradient_checkpointing).
 Memory: peak RSS of the whole process (CPU) and, sampled every 10 ms during training, the training loop's peak
 and its increase over the RSS at train start; on GPU, torch.cuda.max_memory_allocated.
 `--smoke` uses the tiny BERT fixture on the shipped review data.
@@ -57,7 +58,7 @@ def plan(args: Any, out: Path) -> Plan:
     config.update(seed=42, learning_rate=1e-4)
     return Plan(
         config=config,
-        variants=["lora", "full"],
+        variants=["lora", "full", "lora-gc"],
         metrics=["peak_rss_mb", "train_peak_rss_mb", "train_rss_increase_mb", "rss_at_train_start_mb", "gpu_peak_mem_mb",
                  "samples_per_s", "wall_s"],
         comparisons=[
@@ -66,6 +67,8 @@ def plan(args: Any, out: Path) -> Plan:
             Comparison("training RSS increase LoRA / full", "train_rss_increase_mb", "lora", "full"),
             Comparison("GPU max allocated LoRA / full", "gpu_peak_mem_mb", "lora", "full", target=TARGET, at_least=False),
             Comparison("samples/s LoRA / full", "samples_per_s", "lora", "full"),
+            Comparison("peak RSS (process) LoRA + gradient checkpointing / full", "peak_rss_mb", "lora-gc", "full"),
+            Comparison("training RSS increase LoRA + gradient checkpointing / full", "train_rss_increase_mb", "lora-gc", "full"),
         ],
         repeats=1 if args.smoke else 3,
     )
@@ -79,11 +82,15 @@ def _smollm2_safetensors(out: Path) -> str:
     gguf = shared_dir() / GGUF
     if not gguf.is_file():
         raise SystemExit(f"lora-memory -o setup=smollm2 needs {gguf} (set HFT_SHARED)")
+    # Loaded the way hft loads a GGUF (hftoolkit.modeling.weight_kwargs: dequantized to a plain dense model);
+    # a still-quantized model cannot be saved.
     code = (
         "import sys; from transformers import AutoModelForCausalLM, AutoTokenizer; "
+        "from hftoolkit.modeling import weight_kwargs; from hftoolkit.recipe import ModelSection; "
         "d, f, t = sys.argv[1:]; "
         "AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(t); "
-        "AutoModelForCausalLM.from_pretrained(d, gguf_file=f).save_pretrained(t)"
+        "kw = weight_kwargs(ModelSection(name=d, gguf_file=f)); "
+        "AutoModelForCausalLM.from_pretrained(d, gguf_file=f, **kw).save_pretrained(t)"
     )
     subprocess.run([sys.executable, "-c", code, str(gguf.parent), gguf.name, str(target)], check=True,
                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -106,11 +113,11 @@ def run_variant(variant: str, config: dict[str, Any], probe: Any) -> dict[str, A
         "task": config["task"],
         "model": {"name": config["model"]},
         "dataset": dataset,
-        "lora": {"enabled": variant == "lora"},
+        "lora": {"enabled": variant != "full"},
         "training": {
             "max_steps": config["steps"], "batch_size": config["batch_size"], "learning_rate": config["learning_rate"],
             "seed": config["seed"], "report_to": ["none"], "eval_strategy": "no", "save_strategy": "no",
-            "logging_steps": 1,
+            "logging_steps": 1, "gradient_checkpointing": variant == "lora-gc",
         },
         "output_dir": str(run_dir / "run"),
     }
