@@ -74,13 +74,22 @@ def prepare_data(recipe: Recipe, task: Task, processor: Any, *, sample: int | No
     return PreparedData(features, labels, source, report)
 
 
+def cpu_has_native_bf16() -> bool:
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def choose_precision(precision: str) -> str:
     import torch
 
     if precision == "auto":
         if torch.cuda.is_available():
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
+        # bench/RESULTS.md: on a CPU with native bf16 (AVX512-BF16 or AMX), bf16 autocast trained MiniLM 1.48x
+        # faster than fp32 at the same accuracy; without it bf16 is emulated and slower, so fp32 stays.
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp16" and not torch.cuda.is_available():
         raise HftError("training.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
     return precision

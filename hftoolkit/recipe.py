@@ -166,7 +166,9 @@ class TrainingSection(_Section):
     max_grad_norm: float = Field(1.0, ge=0)
     seed: int = 42
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."
+        "auto",
+        description="auto = bf16 on GPUs that support it, fp16 on other GPUs; on CPU bf16 autocast where the CPU has "
+        "native bf16 (AVX512-BF16 or AMX), else fp32.",
     )
     eval_strategy: Literal["no", "epoch", "steps"] = "epoch"
     eval_steps: int | None = Field(None, ge=1)

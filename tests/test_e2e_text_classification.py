@@ -115,3 +115,16 @@ def test_rerun_refused_without_overwrite_and_tokenization_is_cached(trained, tmp
     proc = run_hft("finetune", recipe, "--overwrite")
     # Same recipe, same data: datasets finds the cached features instead of tokenizing again.
     assert "Tokenizing train" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, avx512_bf16, amx, expected):
+    import torch
+
+    from hftoolkit.pipeline import choose_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert choose_precision("auto") == expected
+    assert choose_precision("fp32") == "fp32"  # an explicit choice is never rewritten
