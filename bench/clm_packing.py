@@ -4,7 +4,8 @@ Data: tiny_shakespeare from ../shared cut into paragraphs (speeches: 1 to 100+ l
 max_length 256. Model: a small Llama (4 layers, hidden 512, grouped-query attention) built here from the
 tests/fixtures.py tiny-Llama builder's tokenizer, random weights (throughput and loss equality do not need
 pretrained ones); `-o hidden=...` etc. change its shape. LoRA with hft's defaults, same steps/batch/lr/seed.
-- hft-packed: `dataset.batching: packed` (one row per batch, positions restarting per example);
+- hft-packed: `dataset.batching: packed` (rows of at most max_length, positions restarting per example), with
+  hft's default length-grouped batches; hft-packed-random: the same with random batches;
 - hft-padded: `dataset.batching: padded` with random batches (group_by_length false): padded to the longest
   example of each batch (the comparison the packing target is about);
 - hft-padded-grouped: padded with hft's default length-grouped batches;
@@ -30,6 +31,7 @@ METRICS = [
 LOSS_TOLERANCE = 1e-4  # fp32: packing changes matmul shapes, so per-example losses may differ in the last digits
 VARIANTS = {
     "hft-packed": {"batching": "packed", "group_by_length": True},
+    "hft-packed-random": {"batching": "packed", "group_by_length": False},
     "hft-padded": {"batching": "padded", "group_by_length": False},
     "hft-padded-grouped": {"batching": "padded", "group_by_length": True},
 }
@@ -58,10 +60,12 @@ def plan(args: Any, out: Path) -> Plan:
         _reshape(out / "model", config["model_shape"])
     return Plan(
         config=config,
-        variants=["hft-packed", "hft-padded", "hft-padded-grouped", "baseline", "loss-check"],
+        variants=["hft-packed", "hft-packed-random", "hft-padded", "hft-padded-grouped", "baseline", "loss-check"],
         metrics=METRICS,
         comparisons=[
             Comparison("tokens/s packed / padded (random batches)", "tokens_per_s", "hft-packed", "hft-padded", target=1.8),
+            Comparison("tokens/s packed, random batches / padded (random batches)", "tokens_per_s", "hft-packed-random",
+                       "hft-padded"),
             Comparison("tokens/s packed / padded (length-grouped)", "tokens_per_s", "hft-packed", "hft-padded-grouped"),
             Comparison("tokens/s packed / baseline (padded to max_length)", "tokens_per_s", "hft-packed", "baseline"),
             Comparison("tokens/s padded-grouped / padded", "tokens_per_s", "hft-padded-grouped", "hft-padded"),
@@ -198,11 +202,17 @@ def loss_check(config: dict[str, Any]) -> dict[str, Any]:
 
     packed = task.collator(tokenizer, recipes["packed"], on_gpu=False)(examples)
     nll, mask = per_token_nll(packed)
-    starts = (packed["position_ids"][0] == 0).nonzero().flatten().tolist() + [packed["input_ids"].shape[1]]
-    # Position t of nll predicts token t+1: example i's predictions sit in [start_i, start_{i+1} - 1).
-    loss_packed = torch.stack([
-        (nll[0, a: b - 1] * mask[0, a: b - 1]).sum() / mask[0, a: b - 1].sum() for a, b in zip(starts[:-1], starts[1:])
-    ])
+    # Rows hold several examples each (in packing order): find each example's segment by its tokens.
+    by_tokens: dict[tuple, torch.Tensor] = {}
+    width = packed["input_ids"].shape[1]
+    for r in range(packed["input_ids"].shape[0]):
+        starts = (packed["position_ids"][r] == 0).nonzero().flatten().tolist() + [width]
+        for a, b in zip(starts[:-1], starts[1:]):
+            # Position t of nll predicts token t+1: the segment's predictions sit in [a, b - 1).
+            scored = mask[r, a: b - 1]
+            if scored.any():
+                by_tokens[tuple(packed["input_ids"][r, a:b].tolist())] = (nll[r, a: b - 1] * scored).sum() / scored.sum()
+    loss_packed = torch.stack([by_tokens[tuple(ex["input_ids"])] for ex in examples])
     diff = (loss_padded - loss_packed).abs()
     return {
         "examples": len(examples), "max_abs_loss_diff": float(diff.max()), "mean_loss_padded": float(loss_padded.mean()),

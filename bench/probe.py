@@ -74,9 +74,17 @@ class Probe:
             self.tokens += int(mask.sum())
             self.samples += int(ids.shape[0])
         elif inputs.get("position_ids") is not None:
-            # Packed row: no padding; each example starts at position 0.
-            self.tokens += ids.numel()
-            self.samples += int((inputs["position_ids"] == 0).sum())
+            # Packed rows: each example starts at position 0; a row's trailing segment whose labels are all -100 is
+            # the padding that fills it to the batch's width (hftoolkit.tasks.causal_lm.pack_rows).
+            positions, labels = inputs["position_ids"], inputs.get("labels")
+            pad_tokens = pad_segments = 0
+            for r in range(positions.shape[0]):
+                start = int((positions[r] == 0).nonzero().max())
+                if start > 0 and labels is not None and bool((labels[r, start:] == -100).all()):
+                    pad_tokens += positions.shape[1] - start
+                    pad_segments += 1
+            self.tokens += ids.numel() - pad_tokens
+            self.samples += int((positions == 0).sum()) - pad_segments
         else:
             self.tokens += ids.numel()
             self.samples += int(ids.shape[0])

@@ -116,8 +116,8 @@ class DatasetSection(_Section):
     batching: Literal["padded", "packed", "blocks"] = Field(
         "padded",
         description="Causal LM only. padded: one example per row, padded to the longest in the batch. packed: the "
-        "batch's examples concatenated into one row without padding, positions restarting at 0 for each so no example "
-        "attends to another. blocks: plain text concatenated (EOS between rows) and cut into rows of exactly max_length "
+        "batch's examples packed into as few rows of at most max_length tokens as fit, positions restarting at 0 for "
+        "each so no example attends to another. blocks: plain text concatenated (EOS between rows) and cut into rows of exactly max_length "
         "tokens, attention crossing row boundaries (continued pre-training, like transformers' run_clm example).",
     )
     end_of_turn_token: str | None = Field(

@@ -116,9 +116,20 @@ def test_packed_loss_equals_token_weighted_mean_of_single_example_losses(kind, g
         singles = [(model(**pad([ex])).loss.item(), scored_tokens(ex["labels"])) for ex in examples]
         expected = sum(loss * n for loss, n in singles) / sum(n for _, n in singles)
         batch = pack(examples)
-        assert batch["input_ids"].shape == (1, sum(len(ex["input_ids"]) for ex in examples))
         assert "attention_mask" not in batch
-        assert batch["position_ids"][0].tolist() == [p for ex in examples for p in range(len(ex["input_ids"]))]
+        rows, width = batch["input_ids"].shape
+        lengths = sorted(len(ex["input_ids"]) for ex in examples)
+        assert width <= packed_recipe.dataset.max_length and rows < len(examples), "several examples share a row"
+        # Each row: examples with positions restarting at 0, then at most one pad segment that learns nothing.
+        segments = []
+        for r in range(rows):
+            pos, lab = batch["position_ids"][r].tolist(), batch["labels"][r].tolist()
+            starts = [i for i, p in enumerate(pos) if p == 0] + [width]
+            for a, b in zip(starts[:-1], starts[1:]):
+                assert pos[a:b] == list(range(b - a))
+                segments.append((b - a, all(x == -100 for x in lab[a:b])))
+        assert sorted(n for n, pad in segments if not pad) == lengths
+        assert sum(n for n, _ in segments) == rows * width
         packed = model(**batch).loss.item()
         padded = model(**pad(examples)).loss.item()
         # The same row read as one long sequence (positions not restarting) lets examples attend to each other.

@@ -49,6 +49,57 @@ def _length_stats(lengths: list[int]) -> dict[str, float]:
     return {"sample": len(s), "mean": sum(s) / len(s), "p50": s[len(s) // 2], "p95": p95, "max": s[-1]}
 
 
+
+def pack_rows(examples: list[dict], capacity: int, pad_id: int, multiple_of: int = 1) -> dict:
+    """Pack a batch's examples into as few rows of at most `capacity` tokens as first-fit decreasing finds.
+
+    No attention_mask: position_ids restart at 0 for each example, and transformers derives the example boundaries
+    from them (masking_utils.find_packed_sequence_indices): FlashAttention varlen on GPU, a block-diagonal causal
+    mask for SDPA/eager, so no example attends to another. That detection only happens without a KV cache; the
+    Trainer turns use_cache off (TrainingArguments.use_cache=False), and tests/test_causal_lm.py checks it.
+    Written here because transformers' DataCollatorWithFlattening puts the whole batch in ONE row: SDPA and eager
+    attention then cost (batch x length)^2, which bench/RESULTS.md measured at 0.6x the per-token speed of padded
+    rows on CPU; rows bounded by max_length keep attention as cheap as padding while dropping almost all of it.
+    The first label of each example is -100: it would be predicted from the previous example's last token. A row
+    shorter than the widest is filled with one pad segment (its own positions from 0, labels -100), which the
+    boundary detection isolates like any other example.
+    """
+    import torch
+
+    capacity = max([capacity] + [len(ex["input_ids"]) for ex in examples])
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"])):
+        n = len(examples[i]["input_ids"])
+        fit = next((r for r, left in enumerate(room) if n <= left), None)
+        if fit is None:
+            rows.append([i])
+            room.append(capacity - n)
+        else:
+            rows[fit].append(i)
+            room[fit] -= n
+    width = max(capacity - left for left in room)
+    width = -(-width // multiple_of) * multiple_of
+    ids, labels, positions = [], [], []
+    for row in rows:
+        r_ids, r_labels, r_pos = [], [], []
+        for i in row:
+            ex = examples[i]
+            n = len(ex["input_ids"])
+            r_ids += list(ex["input_ids"])
+            r_labels += [IGNORE_INDEX] + list(ex["labels"][1:])
+            r_pos += range(n)
+        fill = width - len(r_ids)
+        ids.append(r_ids + [pad_id] * fill)
+        labels.append(r_labels + [IGNORE_INDEX] * fill)
+        positions.append(r_pos + list(range(fill)))
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "position_ids": torch.tensor(positions, dtype=torch.long),
+    }
+
+
 class ChatFormat:
     """Renders conversations with the tokenizer's chat template and finds the characters of each assistant reply.
 
@@ -314,19 +365,11 @@ class CausalLM:
 
     def collator(self, tokenizer: Any, recipe: Recipe, on_gpu: bool) -> Callable:
         if recipe.dataset.batching == "packed":
-            from transformers import DataCollatorWithFlattening
-
-            # One row per batch, no attention_mask, position_ids restarting at 0 per example. Transformers derives the
-            # example boundaries from those position_ids: FlashAttention varlen on GPU, and on CPU (SDPA/eager) a
-            # block-diagonal causal mask built in masking_utils, so no example attends to another and we need no mask
-            # of our own. That detection only happens without a KV cache; the Trainer turns use_cache off for
-            # training and evaluation (TrainingArguments.use_cache=False), and tests/test_causal_lm.py checks it.
-            # The collator also sets the first label of each example to -100: it would be predicted from the
-            # previous example's last token.
-            flatten = DataCollatorWithFlattening()
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+            capacity = recipe.dataset.max_length
 
             def collate_packed(examples: list[dict]) -> dict:
-                return flatten([{"input_ids": ex["input_ids"], "labels": ex["labels"]} for ex in examples])
+                return pack_rows(examples, capacity, pad_id, multiple_of=8 if on_gpu else 1)
 
             return collate_packed
 
