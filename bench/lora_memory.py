@@ -7,6 +7,7 @@ LoRA is for, where weights, gradients and Adam state dwarf the fixed cost of the
 Variants: lora (hft's default LoRA), full (lora.enabled: false), lora-gc (LoRA + training.gradient_checkpointing).
 Memory: peak RSS of the whole process (CPU) and, sampled every 10 ms during training, the training loop's peak
 and its increase over the RSS at train start; on GPU, torch.cuda.max_memory_allocated.
+`-o batch_size=N` overrides the batch (activations grow with it; weights, gradients and Adam state do not).
 `--smoke` uses the tiny BERT fixture on the shipped review data.
 """
 
@@ -56,6 +57,8 @@ def plan(args: Any, out: Path) -> Plan:
     else:
         raise SystemExit(f"lora-memory: unknown -o setup={setup} (minilm or smollm2)")
     config.update(seed=42, learning_rate=1e-4)
+    if "batch_size" in given:  # how the LoRA/full ratio moves with the activations' share of memory
+        config["batch_size"] = int(given["batch_size"])
     return Plan(
         config=config,
         variants=["lora", "full", "lora-gc"],

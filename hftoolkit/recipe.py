@@ -108,6 +108,13 @@ class DatasetSection(_Section):
         256, ge=8, description="Truncate token sequences to this length (causal LM with batching: blocks: the length of every block)."
     )
     skip_bad_images: bool = Field(False, description="Skip images that fail to decode (counted in the data report).")
+    num_proc: int | None = Field(
+        None,
+        ge=1,
+        description="Processes for preprocessing (datasets.map num_proc: tokenization; image decode checks). Default: "
+        "one; the batched fast tokenizer "
+        "already uses several threads, and on 2 cores 2 processes saved only 9% (bench/RESULTS.md). Pays on many cores.",
+    )
     text_sample_by: Literal["line", "paragraph", "document"] = Field(
         "paragraph",
         description="How a .txt file is cut into rows (the `datasets` text builder's sample_by): paragraph = text "

@@ -93,6 +93,14 @@ def test_sft_labels_are_the_assistant_replies_with_their_end_of_turn(llama, chat
     assert "user\n" + rows[0]["prompt"] in tok.decode(ex["input_ids"])
 
 
+def test_num_proc_tokenizes_in_worker_processes_to_the_same_features(llama, chat_files, recipe_file):
+    _, _, _, one = prepared(recipe_file(llama, chat_files, dataset=CHAT))
+    _, _, _, two = prepared(recipe_file(llama, chat_files, dataset=CHAT), "dataset.num_proc=2")
+    train1, train2 = one.features["train"], two.features["train"]
+    assert len(train2.cache_files) == 2  # one Arrow shard per worker: the map did run in 2 processes
+    assert train1.to_dict() == train2.to_dict()
+
+
 @pytest.mark.parametrize("kind", ["gpt2-text", "llama-chat"])
 def test_packed_loss_equals_token_weighted_mean_of_single_example_losses(kind, gpt2, llama, text_files, chat_files, recipe_file, tmp_path):
     """No cross-contamination: in a packed row each example sees only itself (float32, within 1e-5)."""

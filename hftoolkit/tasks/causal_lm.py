@@ -312,6 +312,7 @@ class CausalLM:
                 tokenize_text if chat is None else tokenize_chat,
                 batched=True,
                 batch_size=1000,
+                num_proc=recipe.dataset.num_proc,
                 remove_columns=split.column_names,
                 new_fingerprint=fingerprint,
                 desc=f"Tokenizing {role}",

@@ -216,10 +216,10 @@ class ImageClassification(ClassificationTask):
                     "(expected an Image feature or file paths)"
                 )
         labels = self.encode_labels(splits, recipe)
-        self._check_images(splits, image_col, recipe.dataset.skip_bad_images, report)
+        self._check_images(splits, image_col, recipe.dataset.skip_bad_images, recipe.dataset.num_proc, report)
         return labels
 
-    def _check_images(self, splits: dict[str, Dataset], col: str, skip: bool, report: DataReport) -> None:
+    def _check_images(self, splits: dict[str, Dataset], col: str, skip: bool, num_proc: int | None, report: DataReport) -> None:
         """Decode-check every image once (the result is cached by datasets, keyed on the data's fingerprint)."""
         from datasets import Features, Image, Value
 
@@ -234,6 +234,7 @@ class ImageClassification(ClassificationTask):
                 check,
                 batched=True,
                 batch_size=64,
+                num_proc=num_proc,
                 remove_columns=raw.column_names,
                 features=Features({"error": Value("string")}),  # a batch of all-None would otherwise type it null
                 new_fingerprint=fingerprint,

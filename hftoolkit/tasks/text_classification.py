@@ -99,6 +99,7 @@ class TextClassification(ClassificationTask):
                 tokenize,
                 batched=True,
                 batch_size=1000,
+                num_proc=recipe.dataset.num_proc,
                 remove_columns=split.column_names,
                 new_fingerprint=fingerprint,
                 desc=f"Tokenizing {role}",
