@@ -1,7 +1,8 @@
-"""The benchmark harness keeps working: a tiny `python -m bench text-cls --smoke` run and the summary arithmetic.
+"""The benchmark harness keeps working: a tiny `--smoke` run of every scenario and the summary arithmetic.
 
 No timing assertions (speed is measured by the benchmarks themselves, see bench/RESULTS.md): only that every
-field is there and every measured number is positive.
+field is there, every measured number is positive and the scenarios' correctness checks (equal per-example loss
+packed vs padded, no weights opened by `hft validate`) pass.
 """
 
 from __future__ import annotations
@@ -10,20 +11,28 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from bench.harness import Comparison, RunResult, compare, summarise, table
 from tests.fixtures import REPO
 
 
-def test_text_cls_smoke_writes_the_json_fields(tmp_path, tiny_bert):
+def run_smoke(tmp_path, scenario, *extra):
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "text-cls", "--smoke", "-o", f"model={tiny_bert}", "--json", str(out),
-         "--out", str(tmp_path / "work")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "bench", scenario, "--smoke", *extra, "--json", str(out), "--out", str(tmp_path / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["scenario"] == "text-cls" and report["smoke"] is True
+    assert report["scenario"] == scenario and report["smoke"] is True
+    assert [r["variant"] for r in report["runs"] if not r["ok"]] == []
+    assert report["checks"] == [] or all(c["ok"] for c in report["checks"]), report["checks"]
+    return report, proc.stdout
+
+
+def test_text_cls_smoke_writes_the_json_fields(tmp_path, tiny_bert):
+    report, stdout = run_smoke(tmp_path, "text-cls", "-o", f"model={tiny_bert}")
     assert report["machine"]["nproc"] >= 1 and len(report["load_average"]["start"]) == 3
     for variant in ("baseline", "hft"):
         stats = report["summary"][variant]
@@ -36,7 +45,7 @@ def test_text_cls_smoke_writes_the_json_fields(tmp_path, tiny_bert):
         r for r in report["runs"] if r["variant"] == "baseline")["metrics"]["padded_tokens_total"]
     ratio = next(c for c in report["comparisons"] if c["metric"] == "samples_per_s")
     assert ratio["median"] > 0 and ratio["target"] == 2.5 and isinstance(ratio["met"], bool)
-    assert "| variant" in proc.stdout and "samples/s hft / baseline" in proc.stdout
+    assert "| variant" in stdout and "samples/s hft / baseline" in stdout
 
 
 def test_summary_pairs_runs_by_repeat():
@@ -54,3 +63,37 @@ def test_summary_pairs_runs_by_repeat():
     [low] = compare(runs, [Comparison("a/b", "x", "a", "b", target=2.0, at_least=False)])
     assert low["met"] is False
     assert "20 [10-30]" in table(summary, ["a", "b"], ["x"])
+
+
+# Each scenario's smoke: (extra arguments, {variant: metrics that must be positive}).
+SCENARIOS = {
+    "clm-packing": ([], {v: ["tokens_per_s", "samples_per_s", "peak_rss_mb", "time_to_first_step_s"]
+                         for v in ("hft-packed", "hft-packed-random", "hft-padded", "hft-padded-grouped", "baseline")}),
+    # strace variants left out to keep the suite fast; the traced ones check the same thing in-process.
+    "startup": (["--variants", "hft-help,hft-validate,validate-traced,load-traced", "--repeats", "1"],
+                {"hft-help": ["wall_s"], "hft-validate": ["wall_s"], "load-traced": ["weight_files_opened"]}),
+    "preprocess": ([], {"first": ["tokenize_s", "prepare_s", "rows"], "cached": ["prepare_s", "rows"],
+                        "map-nproc1": ["map_s"], "map-nproc2": ["map_s"]}),
+    "lora-memory": ([], {v: ["peak_rss_mb", "train_peak_rss_mb", "samples_per_s"] for v in ("lora", "full", "lora-gc")}),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_scenario_smoke(tmp_path, scenario):
+    extra, positive = SCENARIOS[scenario]
+    report, _ = run_smoke(tmp_path, scenario, *extra)
+    for variant, metrics in positive.items():
+        for metric in metrics:
+            assert report["summary"][variant][metric]["median"] > 0, (variant, metric)
+    if scenario == "clm-packing":
+        assert report["summary"]["loss-check"]["max_abs_loss_diff"]["median"] < 1e-4
+        # Packing leaves (almost) no padding; padding to max_length leaves most of the batch padding.
+        packed, baseline = report["summary"]["hft-packed"], report["summary"]["baseline"]
+        assert packed["padded_tokens_total"]["median"] < baseline["padded_tokens_total"]["median"]
+    elif scenario == "startup":
+        assert report["summary"]["validate-traced"]["weight_files_opened"]["median"] == 0
+    elif scenario == "preprocess":
+        assert report["summary"]["cached"]["rows"]["median"] == report["summary"]["first"]["rows"]["median"]
+    elif scenario == "lora-memory":
+        lora, full = report["summary"]["lora"], report["summary"]["full"]
+        assert lora["trainable_parameters"]["median"] < full["trainable_parameters"]["median"]
