@@ -112,8 +112,8 @@ class DatasetSection(_Section):
         None,
         ge=1,
         description="Processes for preprocessing (datasets.map num_proc: tokenization; image decode checks). Default: "
-        "one; the batched fast tokenizer "
-        "already uses several threads, and on 2 cores 2 processes saved only 9% (bench/RESULTS.md). Pays on many cores.",
+        "one; the batched fast tokenizer already uses several threads, and on 2 cores 2 processes saved only 9% "
+        "(bench/RESULTS.md). Pays on many cores.",
     )
     text_sample_by: Literal["line", "paragraph", "document"] = Field(
         "paragraph",

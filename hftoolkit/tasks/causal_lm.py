@@ -49,7 +49,6 @@ def _length_stats(lengths: list[int]) -> dict[str, float]:
     return {"sample": len(s), "mean": sum(s) / len(s), "p50": s[len(s) // 2], "p95": p95, "max": s[-1]}
 
 
-
 def pack_rows(examples: list[dict], capacity: int, pad_id: int, multiple_of: int = 1) -> dict:
     """Pack a batch's examples into as few rows of at most `capacity` tokens as first-fit decreasing finds.
 
@@ -366,8 +365,8 @@ class CausalLM:
 
     def collator(self, tokenizer: Any, recipe: Recipe, on_gpu: bool) -> Callable:
         if recipe.dataset.batching == "packed":
-            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-            capacity = recipe.dataset.max_length
+            # load_processor guarantees a pad token (EOS when the tokenizer has none).
+            pad_id, capacity = tokenizer.pad_token_id, recipe.dataset.max_length
 
             def collate_packed(examples: list[dict]) -> dict:
                 return pack_rows(examples, capacity, pad_id, multiple_of=8 if on_gpu else 1)
