@@ -43,6 +43,10 @@ class RunDirError(HftError):
     """The run directory is missing, incomplete, or holds a different run."""
 
 
+class UnsafePathError(HftError):
+    """A path would read, write, publish or delete something outside the folder hft owns or was pointed at."""
+
+
 class PushError(HftError):
     """Publishing to the Hub was refused or failed; the remote repo is left as it was."""
 
