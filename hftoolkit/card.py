@@ -8,7 +8,9 @@ run always renders the same bytes (tests/golden/model_card.md pins them).
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,56 @@ def _no_paths(text: str) -> str:
     return _ABS_PATH.sub(r"\1", str(text))
 
 
+# Markdown and HTML characters that would make a user string (a label, a split or metric name, a note) into markup:
+# a table cell break, a code span, a link or image, a tag. Entities render as the character itself everywhere, table
+# cells included, and no renderer reads them as syntax (GFM's cell splitter and other renderers differ on backslashes).
+_MD_ENTITIES = {
+    "&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;", "`": "&#96;", "[": "&#91;", "]": "&#93;", "\\": "&#92;",
+}
+_MD_SPECIAL = re.compile("[" + re.escape("".join(_MD_ENTITIES)) + "]")
+# Line breaks (Markdown's and Unicode's) and other control characters: one would end a table row or list item and
+# let the rest of the string start a heading, a `---` rule or a new block.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]+")
+_BACKTICK_RUN = re.compile(r"`+")
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+MIN_FENCE = 3  # CommonMark's shortest code fence
+
+
+def md_text(value: Any) -> str:
+    """`value` as literal Markdown text, one line, safe in a paragraph, a list item or a table cell."""
+    return _MD_SPECIAL.sub(lambda m: _MD_ENTITIES[m.group()], _CONTROL.sub(" ", str(value)))
+
+
+def code_span(value: Any) -> str:
+    """`value` as a one-line code span shown verbatim: delimited by a backtick run longer than any inside it."""
+    text = _CONTROL.sub(" ", str(value))
+    ticks = "`" * (max((len(r) for r in _BACKTICK_RUN.findall(text)), default=0) + 1)
+    # CommonMark strips one space from each side of a span that starts and ends with one, and a backtick at an edge
+    # would merge with the delimiter: pad with a space in both cases.
+    pad = " " if text[:1] == "`" or text[-1:] == "`" or (text[:1] == text[-1:] == " " and text.strip()) else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def md_inline(value: Any) -> str:
+    """hft's own sentences that quote values in code spans: spans are kept (they are inert), the rest is md_text."""
+    text = _CONTROL.sub(" ", str(value))
+    out, pos = [], 0
+    for m in _CODE_SPAN.finditer(text):
+        out += [md_text(text[pos:m.start()]), m.group()]
+        pos = m.end()
+    return "".join(out) + md_text(text[pos:])
+
+
+def code_fence(content: str) -> str:
+    """A backtick fence no line of `content` can close (longer than any backtick run in it)."""
+    return "`" * max(MIN_FENCE, max((len(r) for r in _BACKTICK_RUN.findall(content)), default=0) + 1)
+
+
+def python_str(value: Any) -> str:
+    """`value` as a Python string literal on one line (JSON's escaping is valid Python)."""
+    return json.dumps(str(value))
+
+
 def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, f"{v:.4f}") for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
@@ -176,15 +228,8 @@ def card_data(inputs: CardInputs):
     )
 
 
-def _context(inputs: CardInputs) -> dict[str, Any]:
-    recipe, manifest, report, ev = inputs.recipe, inputs.manifest, inputs.data_report, inputs.eval_results
-    ds = _dataset(inputs)
-    labels = manifest.get("labels") or ev.get("labels") or []
-    counts = report.get("label_counts") or {}
-    roles = [r for r in ("train", "validation", "test") if r in counts]
-    label_rows = [[str(i), name] + [str(counts[r].get(name, 0)) for r in roles] for i, name in enumerate(labels)]
-    sizes = report.get("split_sizes") or {}
-    split_rows = [(role, ds["split_names"].get(role, role), str(n)) for role, n in sizes.items()]
+def _hyperparameters(inputs: CardInputs) -> list[tuple[str, Any]]:
+    recipe, manifest = inputs.recipe, inputs.manifest
     train, lora = recipe.get("training", {}), recipe.get("lora", {})
     hyper = [
         ("epochs", train.get("epochs")), ("max_steps", train.get("max_steps")),
@@ -206,8 +251,11 @@ def _context(inputs: CardInputs) -> dict[str, Any]:
     if params.get("total"):
         share = 100 * params["trainable"] / params["total"]
         hyper.append(("trainable parameters", f"{params['trainable']:,} of {params['total']:,} ({share:.2f}%)"))
-    tl = report.get("token_lengths") or {}
-    truncated = {k: v for k, v in (report.get("truncated_share") or {}).items() if v}
+    return [(k, v) for k, v in hyper if v is not None]
+
+
+def _limitations(inputs: CardInputs, ds: dict[str, Any], labels: list[str], truncated: dict[str, float]) -> list[str]:
+    ev = inputs.eval_results
     limitations = [
         f"Scores come from {ev.get('num_examples', '?')} examples of the {ev.get('split', '?')} split of "
         f"{ds['display']}; expect different numbers on other data.",
@@ -215,12 +263,13 @@ def _context(inputs: CardInputs) -> dict[str, Any]:
     if truncated:
         worst = max(truncated.values())
         limitations.append(
-            f"Inputs are cut at {recipe.get('dataset', {}).get('max_length')} tokens; up to {worst:.1%} of the "
+            f"Inputs are cut at {inputs.recipe.get('dataset', {}).get('max_length')} tokens; up to {worst:.1%} of the "
             "examples of a split were truncated during training and evaluation."
         )
     if labels:
         limitations.append(
-            f"The model only knows the labels {', '.join(labels)}; every input gets one of them, relevant or not."
+            f"The model only knows the labels {', '.join(map(str, labels))}; every input gets one of them, relevant "
+            "or not."
         )
     if not ds["hub_id"]:
         limitations.append(
@@ -232,36 +281,66 @@ def _context(inputs: CardInputs) -> dict[str, Any]:
             "The LoRA adapter was merged into the base weights before upload (outputs checked against the adapter "
             "before publishing); the adapter itself is not in this repo."
         )
+    return limitations
+
+
+def _dataset_shown(ds: dict[str, Any]) -> dict[str, Any]:
+    """The dataset facts as the card body shows them (the metadata gets the raw values)."""
+    return {
+        "hub_id": ds["hub_id"] and md_text(ds["hub_id"]),
+        "display": md_text(ds["display"]),
+        "config": ds["config"] and code_span(ds["config"]),
+        "revision": ds["revision"] and code_span(ds["revision"]),
+        "commit": ds["commit"] and code_span(ds["commit"]),
+        "files": {md_text(role): code_span(path) for role, path in ds["files"].items()},
+    }
+
+
+def _context(inputs: CardInputs) -> dict[str, Any]:
+    """The template's variables, each escaped for the place it is rendered (see the helpers above)."""
+    recipe, manifest, report, ev = inputs.recipe, inputs.manifest, inputs.data_report, inputs.eval_results
+    ds = _dataset(inputs)
+    labels = manifest.get("labels") or ev.get("labels") or []
+    counts = report.get("label_counts") or {}
+    roles = [r for r in ("train", "validation", "test") if r in counts]
+    label_rows = [[str(i), name] + [counts[r].get(name, 0) for r in roles] for i, name in enumerate(labels)]
+    sizes = report.get("split_sizes") or {}
+    split_rows = [(role, ds["split_names"].get(role, role), n) for role, n in sizes.items()]
+    tl = report.get("token_lengths") or {}
+    truncated = {k: v for k, v in (report.get("truncated_share") or {}).items() if v}
+    base_ref = inputs.base_model or (recipe.get("model", {}).get("name") or "a local model")
     versions = manifest.get("versions") or {}
     return {
-        "title": inputs.repo_id.split("/")[-1],
-        "repo_id": inputs.repo_id,
+        "title": md_text(inputs.repo_id.split("/")[-1]),
+        "repo_id_py": python_str(inputs.repo_id),
+        "repo_id_sh": shlex.quote(inputs.repo_id),
         "kind": inputs.kind,
-        "task": inputs.task,
+        "task": md_text(inputs.task),
         "auto_model": inputs.auto_model,
-        "base_ref": inputs.base_model or (recipe.get("model", {}).get("name") or "a local model"),
-        "base_is_hub": inputs.base_model is not None,
-        "base_revision": inputs.base_revision,
-        "license_source": inputs.license_source,
-        "dataset": ds,
+        "base_ref": md_text(base_ref),
+        "base_ref_py": python_str(base_ref),
+        "base_revision_py": inputs.base_revision and python_str(inputs.base_revision),
+        "license": md_text(inputs.license),
+        "license_source": md_text(inputs.license_source),
+        "dataset": _dataset_shown(ds),
         "labels": labels,
-        "label_header": ["id", "label"] + [f"{r} rows" for r in roles],
-        "label_rows": label_rows,
-        "example_label": labels[0] if labels else None,
-        "split_rows": split_rows,
-        "dropped": sorted((report.get("dropped") or {}).items()),
-        "data_notes": [_no_paths(n) for n in list(ds["notes"]) + list(report.get("notes") or [])],
-        "token_lengths": tl,
-        "truncated": truncated,
-        "hyper": [(k, _fmt(v)) for k, v in hyper if v is not None],
-        "eval_split": ev.get("split"),
-        "eval_examples": ev.get("num_examples"),
-        "eval_rows": _metric_rows(ev.get("metrics") or {}),
-        "versions": sorted(versions.items()),
+        "label_header": [md_text(h) for h in ["id", "label"] + [f"{r} rows" for r in roles]],
+        "label_rows": [[md_text(cell) for cell in row] for row in label_rows],
+        "split_rows": [tuple(md_text(cell) for cell in row) for row in split_rows],
+        "dropped": sorted((md_text(reason), md_text(n)) for reason, n in (report.get("dropped") or {}).items()),
+        "data_notes": [md_inline(_no_paths(n)) for n in list(ds["notes"]) + list(report.get("notes") or [])],
+        "token_lengths": {k: v if isinstance(v, (int, float)) else md_text(v) for k, v in tl.items()},
+        "truncated": {md_text(role): share for role, share in truncated.items()},
+        "hyper": [(k, md_text(_fmt(v))) for k, v in _hyperparameters(inputs)],
+        "eval_split": md_text(ev.get("split")),
+        "eval_examples": md_text(ev.get("num_examples")),
+        "eval_rows": [(md_text(name), value) for name, value in _metric_rows(ev.get("metrics") or {})],
+        "versions": sorted((md_text(k), md_text(v)) for k, v in versions.items()),
         "has_loss_curve": inputs.has_loss_curve,
         "recipe_yaml": inputs.recipe_yaml.rstrip("\n"),
-        "limitations": limitations,
-        "notes": inputs.notes,
+        "recipe_fence": code_fence(inputs.recipe_yaml),
+        "limitations": [md_text(item) for item in _limitations(inputs, ds, labels, truncated)],
+        "notes": [md_inline(note) for note in inputs.notes],
     }
 
 

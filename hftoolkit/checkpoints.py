@@ -7,9 +7,12 @@ What lives here and why it is ours rather than the library's:
 - `GracefulStop`: turns SIGTERM/SIGINT into "finish this step, save a checkpoint, stop". transformers'
   `enable_jit_checkpoint` covers SIGTERM only, waits a fixed 3 s, saves without the ranks agreeing on a step, and
   then lets `train()` return as if training had finished, so the caller cannot tell the run is incomplete.
-- `ResumableTrainer`: Trainer with an epoch-seeded length-grouped sampler (see its docstring).
+- `ResumableTrainer` (hftoolkit/resumable.py): Trainer with an epoch-seeded length-grouped sampler that also keeps
+  the running sum of training losses in the marker, so a resumed run reports the whole run's `train_loss`.
 - `verify_checkpoint_files`: loads every pickle-based file of a checkpoint with `weights_only=True` (what Trainer
-  uses too) before resuming, so a tampered file is refused up front with its name instead of deep in the loop.
+  uses too) and checks every JSON and safetensors file before resuming, so a tampered or truncated file is refused
+  up front with its name instead of deep in the loop. hft never deletes such a checkpoint itself.
+- Deleting: only real `checkpoint-N` folders inside the run's checkpoints folder, never through a symlink.
 - `FaultInjection`: TEST-ONLY hooks driven by HFT_TEST_* environment variables (documented on the class).
 
 Imports transformers and torch: load this module only inside commands.
@@ -26,17 +29,18 @@ import signal
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers import TrainerCallback
 
 from hftoolkit import __version__
 from hftoolkit.errors import RunDirError
-from hftoolkit.rundir import RunDir, read_json, write_json
+from hftoolkit.paths import require_no_escaping_links
+from hftoolkit.rundir import RunDir, read_json, write_atomic, write_json
 
 log = logging.getLogger("hftoolkit")
 
@@ -73,15 +77,21 @@ def scan(folder: Path) -> list[Checkpoint]:
         m = _CHECKPOINT_DIR.match(child.name)
         if not m or not child.is_dir():
             continue
-        info: dict[str, Any] = {}
-        marker = child / MARKER
-        if marker.is_file():
-            try:
-                info = json.loads(marker.read_text())
-            except (OSError, json.JSONDecodeError):
-                info = {}
-        found.append(Checkpoint(child, int(m.group(1)), info if isinstance(info, dict) else {}))
+        if child.is_symlink():
+            # Not a folder Trainer wrote: resuming from it would read, and removing it would delete, elsewhere.
+            log.warning("ignoring %s: a symlink to %s, not a checkpoint this run wrote", child, os.path.realpath(child))
+            continue
+        found.append(Checkpoint(child, int(m.group(1)), read_marker(child)))
     return sorted(found, key=lambda c: c.step)
+
+
+def read_marker(ckpt: Path) -> dict[str, Any]:
+    """The marker of one checkpoint folder; {} when it has none or an unreadable one (an incomplete checkpoint)."""
+    try:
+        info = json.loads((ckpt / MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def find_resume_checkpoint(
@@ -128,7 +138,8 @@ def find_resume_checkpoint(
 
 
 def verify_checkpoint_files(ckpt: Path) -> None:
-    """Load each pickle-based file Trainer will read, with `weights_only=True`, before resuming.
+    """Check every file Trainer will read from `ckpt` before resuming: no symlink out of it, every JSON and safetensors
+    file whole, and each pickle-based file loadable with `weights_only=True`.
 
     Same loader and allowlist as Trainer (its numpy globals for RNG state), so nothing is refused that Trainer would
     accept. `mmap=True` keeps this cheap for big optimizer states: only the pickle structure is read.
@@ -137,32 +148,54 @@ def verify_checkpoint_files(ckpt: Path) -> None:
 
     from transformers.trainer_pt_utils import safe_globals
 
+    from hftoolkit.integrity import unreadable_file
     from hftoolkit.modeling import unpickling_reason
 
+    require_no_escaping_links(ckpt, ckpt, "--resume: checkpoint file")
+    bad = unreadable_file(ckpt)
+    if bad is not None:
+        raise _unreadable(ckpt, *bad)
     for path in sorted(ckpt.iterdir()):
         if not path.is_file() or not path.name.endswith(_PICKLED) or path.name in _NOT_LOADED:
             continue
         try:
             with safe_globals():
-                try:
-                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError as e:
-                    if "mmap" not in str(e):
-                        raise
-                    # Legacy (non-zip) serialization cannot be memory-mapped; the restricted unpickler still applies.
-                    torch.load(path, map_location="cpu", weights_only=True)
+                # Legacy (non-zip) serialization cannot be memory-mapped; the restricted unpickler applies either way.
+                torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except pickle.UnpicklingError as e:
             first = unpickling_reason(e)
             raise RunDirError(
                 f"--resume: refusing to load {path}: it is not plain tensor data and loading it could run code "
                 f"({first}). Delete this checkpoint folder to resume from an earlier one, or start over with --overwrite"
             ) from None
-        except Exception as e:  # truncated or corrupt file: resuming would crash later with a worse message
-            raise RunDirError(f"--resume: cannot read {path} ({type(e).__name__}: {e})") from None
+        except (RuntimeError, EOFError, OSError, ValueError) as e:  # what torch raises for a cut or damaged file
+            detail = str(e).splitlines()[0] if str(e) else "no data"
+            raise _unreadable(ckpt, path, f"{type(e).__name__}: {detail}") from None
 
 
-def remove_checkpoints(checkpoints: list[Checkpoint]) -> None:
+def _unreadable(ckpt: Path, path: Path, reason: str) -> RunDirError:
+    """A damaged checkpoint file: named, with the way out (hft leaves the folder as it is)."""
+    earlier = [c for c in scan(ckpt.parent) if c.complete and c.step < _step_of(ckpt)]
+    way_out = (
+        f"delete {ckpt} and run --resume again to continue from {earlier[-1].path.name}" if earlier
+        else f"delete {ckpt} and start over with --overwrite (there is no earlier complete checkpoint)"
+    )
+    return RunDirError(f"--resume: cannot read {path}: {reason}; hft leaves the checkpoint as it is: {way_out}")
+
+
+def _step_of(ckpt: Path) -> int:
+    m = _CHECKPOINT_DIR.match(ckpt.name)
+    return int(m.group(1)) if m else 0
+
+
+def remove_checkpoints(checkpoints: list[Checkpoint], folder: Path) -> None:
+    """Delete incomplete checkpoints: only real `checkpoint-N` folders directly inside the run's `folder`."""
+    root = Path(os.path.realpath(folder))
     for c in checkpoints:
+        ours = _CHECKPOINT_DIR.match(c.path.name) and Path(os.path.realpath(c.path.parent)) == root
+        if not ours or c.path.is_symlink() or not c.path.is_dir():
+            log.warning("not removing %s: it is not a checkpoint folder of this run", c.path)
+            continue
         log.warning("removing incomplete checkpoint %s (it was being written when the run stopped)", c.path)
         shutil.rmtree(c.path, ignore_errors=True)
 
@@ -190,9 +223,7 @@ def truncate_metrics(path: Path, ckpt: Checkpoint) -> None:
             kept.append(line)
     if len(kept) < len(lines):
         log.info("metrics.jsonl: dropping %d entries logged after step %d", len(lines) - len(kept), ckpt.step)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        write_atomic(path, "".join(kept))  # a fresh temp file: never writes through a link someone left there
 
 
 def _fsync(path: Path) -> None:
@@ -218,7 +249,7 @@ class CheckpointMarker(TrainerCallback):
 
     on_save runs after Trainer's `_save_checkpoint` returned on this rank; the barrier waits for the other ranks'
     own files (rng_state_<rank>.pth, FSDP/DeepSpeed shards), then the main process flushes everything to disk and
-    writes the marker last, atomically.
+    writes the marker last, atomically. `loss_sum` (set by ResumableTrainer) gives the summed training loss so far.
     """
 
     def __init__(self, *, run_id: str, recipe: Any, data_fingerprint: str | None, metrics: Path):
@@ -226,6 +257,7 @@ class CheckpointMarker(TrainerCallback):
         self.recipe = recipe
         self.data_fingerprint = data_fingerprint
         self.metrics = metrics
+        self.loss_sum: Callable[[], float] | None = None
 
     def on_save(self, args, state, control, **kwargs):
         if _is_distributed():
@@ -253,6 +285,7 @@ class CheckpointMarker(TrainerCallback):
                 "data_fingerprint": self.data_fingerprint,
                 "world_size": args.world_size,
                 "metrics_lines": lines,
+                "loss_sum": self.loss_sum() if self.loss_sum is not None else None,
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "hftoolkit_version": __version__,
                 "recipe": self.recipe.model_dump(mode="json"),
@@ -361,70 +394,6 @@ class GracefulStop(TrainerCallback):
 
 def _under_launcher() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
-
-
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped order drawn from (seed, epoch) alone; the training loop calls `set_epoch` before each epoch."""
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        self.generator.manual_seed(self.seed + self.epoch)
-        return super().__iter__()
-
-
-class ResumableTrainer(Trainer):
-    """Trainer that a resumed run follows step for step: epoch-seeded length grouping, RNG-neutral evaluation.
-
-    Trainer's LengthGroupedSampler shuffles with the global torch RNG at the moment an epoch's iterator is created.
-    A run resumed in the middle of a later epoch creates that iterator in a freshly seeded process (the checkpoint's
-    RNG state is restored only after the skipped batches), so it would see a different order than the uninterrupted
-    run did. accelerate's seedable sampler covers RandomSampler only; this is the same idea for length grouping.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._epoch_sampler: EpochSeededLengthGroupedSampler | None = None
-        # The data loader's own set_epoch does not reach the sampler through accelerate's skip-batches wrapper
-        # around a multi-process shard (a resumed epoch), so the epoch is also handed over at each epoch's start.
-        self.add_callback(_SamplerEpoch(self))
-
-    def evaluate(self, *args: Any, **kwargs: Any):
-        """Evaluation leaves the training RNG streams as it found them.
-
-        Each DataLoader iterator draws a seed from the global torch RNG. A checkpoint saved at the last step of an
-        epoch (save_steps) holds the state before the epoch-end evaluation, so a run resumed from it would start
-        the next epoch one draw behind the uninterrupted run (other dropout masks). Forking also means adding or
-        removing evaluations does not change what training does.
-        """
-        accel = torch.accelerator.current_accelerator() if hasattr(torch, "accelerator") else None
-        devices = [torch.accelerator.current_device_index()] if accel is not None else []
-        with torch.random.fork_rng(devices=devices):
-            return super().evaluate(*args, **kwargs)
-
-    def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
-        if type(sampler) is LengthGroupedSampler:
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            self._epoch_sampler = EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
-            return self._epoch_sampler
-        return sampler
-
-
-class _SamplerEpoch(TrainerCallback):
-    def __init__(self, trainer: ResumableTrainer):
-        self.trainer = trainer
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        if self.trainer._epoch_sampler is not None:
-            # state.epoch is the fraction of epochs done: whole at an epoch start, 1.33 when resuming into epoch 1.
-            self.trainer._epoch_sampler.set_epoch(int(state.epoch or 0))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from hftoolkit import __version__
-from hftoolkit.errors import HftError
+from hftoolkit.errors import CommandLineError, HftError
 
 app = typer.Typer(
     name="hft",
@@ -32,8 +33,47 @@ app = typer.Typer(
 _state = {"debug": False}
 
 SetOption = typer.Option(
-    None, "--set", help="Override a recipe value: key.path=value (repeatable; values are YAML scalars).", metavar="KEY=VALUE"
+    None, "--set", metavar="KEY=VALUE",
+    help="Override a recipe value: key.path=value (repeatable; values are YAML scalars, null included).",
 )
+UnsetOption = typer.Option(
+    None, "--unset", metavar="KEY",
+    help="Reset a recipe key to its default, or remove a mapping entry such as dataset.max_samples.validation "
+    "(repeatable; --set and --unset apply in command-line order).",
+)
+_OVERRIDE_ORDER = "hft.override_order"
+
+
+class _OrderedOverrides(TyperCommand):
+    """Records the command-line order of --set and --unset: click hands each option's values over separately."""
+
+    def make_parser(self, ctx):  # type: ignore[no-untyped-def]
+        parser = super().make_parser(ctx)
+        parse = parser.parse_args
+
+        def parse_and_record(args):  # type: ignore[no-untyped-def]
+            opts, rest, order = parse(args=args)
+            ctx.meta[_OVERRIDE_ORDER] = [param.name for param in order]
+            return opts, rest, order
+
+        parser.parse_args = parse_and_record  # type: ignore[method-assign]
+        return parser
+
+
+def _overrides(ctx: typer.Context, sets: Optional[List[str]], unsets: Optional[List[str]]) -> list:
+    """--set items (strings) and --unset items (recipe.Unset), in the order they were given."""
+    from hftoolkit.recipe import Unset
+
+    pending = {"set_": list(sets or []), "unset": [Unset(key) for key in unsets or []]}
+    ordered = [pending[name].pop(0) for name in ctx.meta.get(_OVERRIDE_ORDER, []) if pending.get(name)]
+    return ordered + pending["set_"] + pending["unset"]
+
+
+def _override_args(overrides: list) -> list[str]:
+    """The overrides as command-line arguments again (for the processes `--num-processes` starts)."""
+    from hftoolkit.recipe import Unset
+
+    return [a for o in overrides for a in (("--unset", o.key) if isinstance(o, Unset) else ("--set", o))]
 
 RevisionOption = typer.Option(
     None, "--revision", help="With a Hub repo id: branch, tag, commit or refs/pr/N to read (default: main)."
@@ -98,10 +138,12 @@ def _command_line(argv: list[str]) -> str:
     return "hft " + shlex.join(argv[1:]) if argv else "hft"
 
 
-@app.command()
+@app.command(cls=_OrderedOverrides)
 def finetune(
+    ctx: typer.Context,
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     set_: Optional[List[str]] = SetOption,
+    unset: Optional[List[str]] = UnsetOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run directory that holds another run."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint of this run."),
     allow_recipe_change: bool = typer.Option(
@@ -118,25 +160,29 @@ def finetune(
         from hftoolkit.pipeline import finetune as do_finetune
         from hftoolkit.recipe import load_recipe
 
-        r = load_recipe(recipe, set_ or [])
+        overrides = _overrides(ctx, set_, unset)
+        r = load_recipe(recipe, overrides)
         if num_processes is not None and num_processes > 1:
             from hftoolkit.launch import relaunch
 
-            hft_args = ["finetune", str(recipe), *[a for s in set_ or [] for a in ("--set", s)]]
+            hft_args = ["finetune", str(recipe), *_override_args(overrides)]
             hft_args += [flag for flag, on in (("--overwrite", overwrite), ("--resume", resume),
                                                ("--allow-recipe-change", allow_recipe_change)) if on]
             relaunch(num_processes, hft_args, command=_command_line(sys.argv), debug=_state["debug"])
         return do_finetune(
-            r, command=_command_line(sys.argv), overwrite=overwrite, resume=resume, allow_recipe_change=allow_recipe_change
+            r, command=_command_line(sys.argv), overwrite=overwrite, resume=resume, allow_recipe_change=allow_recipe_change,
+            recipe_file=recipe,
         )
 
     _run(body)
 
 
-@app.command()
+@app.command(cls=_OrderedOverrides)
 def validate(
+    ctx: typer.Context,
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     set_: Optional[List[str]] = SetOption,
+    unset: Optional[List[str]] = UnsetOption,
 ) -> None:
     """Check a recipe, its data and its model config without training, and print the plan."""
 
@@ -144,8 +190,8 @@ def validate(
         from hftoolkit.pipeline import validate as do_validate
         from hftoolkit.recipe import load_recipe
 
-        r = load_recipe(recipe, set_ or [])
-        for line in do_validate(r):
+        r = load_recipe(recipe, _overrides(ctx, set_, unset))
+        for line in do_validate(r, recipe_file=recipe):
             typer.echo(line)
 
     _run(body)
@@ -157,13 +203,16 @@ def evaluate(
     split: Optional[str] = typer.Option(None, "--split", help="Split to score (default: test, else validation)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per-device eval batch size."),
     revision: Optional[str] = RevisionOption,
+    strict: bool = typer.Option(
+        False, "--strict", help="Refuse to score a split whose data changed since training (default: warn)."
+    ),
 ) -> None:
     """Score a trained run on a split with the `evaluate` library; writes eval_results.json."""
 
     def body():
         from hftoolkit.pipeline import evaluate_run
 
-        results = evaluate_run(run_dir, split=split, batch_size=batch_size, revision=revision)
+        results = evaluate_run(run_dir, split=split, batch_size=batch_size, revision=revision, strict=strict)
         if os.environ.get("RANK", "0") != "0":
             return  # under accelerate launch every process has the same gathered scores; the main one prints them
         typer.echo(f"{results['split']} split, {results['num_examples']} examples")
@@ -181,10 +230,11 @@ def predict(
         ..., help="Texts, image paths or prompts, as the run's task takes them; `-` reads one per line from stdin."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per input (JSON lines)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Generation: tokens to generate."),
+    # Ranges are checked in _check_generation_flags, not by click: one `error:` line like every other error.
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation: tokens to generate (at least 1)."),
     do_sample: bool = typer.Option(False, "--do-sample", help="Generation: sample instead of greedy decoding."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Generation: sampling temperature."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Generation: nucleus sampling mass."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Generation: sampling temperature (> 0)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Generation: nucleus sampling mass (> 0 and <= 1)."),
     revision: Optional[str] = RevisionOption,
 ) -> None:
     """Run a trained model on a few inputs: text or image path -> label and score; prompt -> generated text."""
@@ -194,13 +244,50 @@ def predict(
 
         from hftoolkit.pipeline import predict_run
 
-        items = [line.rstrip("\n") for line in sys.stdin if line.strip()] if list(inputs) == ["-"] else list(inputs)
+        from_stdin = list(inputs) == ["-"]
+        items = [line.rstrip("\n") for line in sys.stdin if line.strip()] if from_stdin else list(inputs)
+        _check_predict_inputs(items, from_stdin)
+        _check_generation_flags(max_new_tokens, do_sample, temperature, top_p)
         options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "do_sample": do_sample or None}
         results = predict_run(run_dir, items, {k: v for k, v in options.items() if v is not None}, revision=revision)
         for r in results:
             typer.echo(json.dumps(r, ensure_ascii=False) if as_json else _predict_line(r))
 
     _run(body)
+
+
+def _check_predict_inputs(items: list[str], from_stdin: bool) -> None:
+    """Before any run or model is opened: an empty input has nothing to classify or continue."""
+    if from_stdin and not items:
+        raise CommandLineError("stdin gave no input: every line was empty (`-` reads one input per non-empty line)")
+    for i, item in enumerate(items, 1):
+        if not item.strip():
+            which = f"input {i} of {len(items)}" if len(items) > 1 else "the input"
+            raise CommandLineError(f"{which} is {'empty' if not item else 'only whitespace'}: give a text, image path or prompt")
+
+
+def _check_generation_flags(
+    max_new_tokens: Optional[int], do_sample: bool, temperature: Optional[float], top_p: Optional[float]
+) -> None:
+    """The generation flags' ranges, checked before any model loads (the recipe's own values are checked by its schema)."""
+    import math
+
+    from hftoolkit.recipe import MAX_NEW_TOKENS
+
+    if max_new_tokens is not None and not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise CommandLineError(f"--max-new-tokens {max_new_tokens}: give a number of tokens from 1 to {MAX_NEW_TOKENS:,}")
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        why = (
+            "sampling divides the scores by the temperature, so it must be greater than 0; for greedy decoding leave "
+            "out --do-sample" if do_sample else "the temperature must be a number greater than 0 (it only matters "
+            "with --do-sample; greedy decoding needs none)"
+        )
+        raise CommandLineError(f"--temperature {temperature:g}: {why}")
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise CommandLineError(
+            f"--top-p {top_p:g}: the share of probability mass sampled from must be greater than 0 and at most 1 "
+            "(1 keeps every token)"
+        )
 
 
 def _predict_line(result: dict) -> str:

@@ -89,6 +89,9 @@ class HubRun(RunDir):
 
 def open_hub_run(repo_id: str, revision: str | None = None) -> HubRun:
     """Download (or reuse from the cache) a pushed repo at `revision` and view it as a run."""
+    from hftoolkit.repo_ids import require_repo_id
+
+    require_repo_id(repo_id, "Hub repo")
     from huggingface_hub import cached_assets_path, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,

@@ -32,7 +32,12 @@ def load_metric(name: str) -> Any:
     if (local / f"{name}.py").is_file():
         return evaluate.load(str(local))
     if Path(name).is_dir():
-        return evaluate.load(name)
+        if not any(Path(name).glob("*.py")):
+            raise MetricError(f"metric {name!r} is a folder but not an evaluate module (no .py script in it)")
+        try:
+            return evaluate.load(name)
+        except (OSError, ImportError, ValueError) as e:
+            raise MetricError(f"cannot load the local evaluate module {name!r} ({type(e).__name__}: {e})") from None
     if _offline():
         raise MetricError(
             f"metric {name!r} is not shipped with hftoolkit (shipped: {', '.join(SHIPPED)}) and HF_HUB_OFFLINE=1 "

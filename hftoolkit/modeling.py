@@ -105,8 +105,9 @@ def weight_kwargs(model: ModelSection) -> dict[str, Any]:
 
 
 def check_local_weights(ref: str, model: ModelSection) -> None:
-    """A local folder with only pickle weights is refused before transformers would unpickle it."""
+    """A local folder with a symlink leaving it, or with only pickle weights, is refused before anything is loaded."""
     folder = Path(ref)
+    check_model_folder(folder)
     if not folder.is_dir() or model.allow_pickle or model.gguf_file:
         return
     files = [p.name for p in folder.iterdir() if p.is_file()]
@@ -124,18 +125,36 @@ def check_local_weights(ref: str, model: ModelSection) -> None:
 _REFERENCING_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json", "processor_config.json", "preprocessor_config.json")
 
 
+def check_model_folder(folder: str | Path) -> None:
+    """Refuse a model folder any of whose files is a symlink leading out of it, naming the link and its target.
+
+    Every loader (config, tokenizer, processor, weights) opens files from it, and what a tokenizer reads is saved
+    into the run's model/ (and published by `hft push`). A Hub snapshot's boundary is its repo cache folder
+    (`models--org--name/`), whose snapshot files link to `../../blobs/` by design.
+    """
+    from hftoolkit.paths import read_boundary, require_no_escaping_links
+
+    folder = Path(folder)
+    if folder.is_dir():
+        require_no_escaping_links(folder, read_boundary(folder), "model file")
+
+
 def check_file_references(folder: str | Path) -> None:
     """Refuse tokenizer/processor configs whose file entries leave the model folder (e.g. "vocab_file": "../.env").
 
     Older transformers open such entries as given, so a downloaded model could read any file this user can read
-    (and `hft push` would then publish it as part of the vocabulary). Checked before anything is loaded; the path
-    is normalised without following symlinks, since the Hub cache links snapshot files to blobs elsewhere.
+    (and `hft push` would then publish it as part of the vocabulary). Checked before anything is loaded: the entry
+    must stay in the folder as written, and its real path (symlinks resolved) inside the folder's read boundary.
     """
     import json
+
+    from hftoolkit.paths import is_inside, read_boundary
 
     folder = Path(folder)
     if not folder.is_dir():
         return
+    check_model_folder(folder)
+    boundary = read_boundary(folder)
     root = os.path.normpath(os.path.abspath(folder))
     for name in _REFERENCING_CONFIGS:
         path = folder / name
@@ -145,7 +164,7 @@ def check_file_references(folder: str | Path) -> None:
             continue  # missing or unreadable: transformers reports that itself
         for key, value in _file_entries(data):
             target = os.path.normpath(os.path.join(root, value))
-            if os.path.isabs(value) or not target.startswith(root + os.sep):
+            if os.path.isabs(value) or not target.startswith(root + os.sep) or not is_inside(target, boundary):
                 raise ModelError(
                     f"{path}: {key} = {value!r} points outside the model folder; refusing to load a tokenizer or "
                     "processor that would read files from elsewhere on this machine"
@@ -202,10 +221,13 @@ def explain_load_error(e: Exception, what: str, model: ModelSection) -> Exceptio
 
 
 def load_processor(task: Task, model: ModelSection) -> Any:
+    from hftoolkit.model_checks import check_processor_files
+
     ref = resolve_ref(model)
     snapshot = _local_snapshot(ref, model)
     if snapshot is not None:
         check_file_references(snapshot)
+    check_processor_files(ref, task, model)
     try:
         return task.load_processor(ref, load_kwargs(model))
     except (OSError, ValueError, KeyError) as e:
@@ -239,7 +261,9 @@ def check_head(config: Any, task: Task, labels: list[str] | None, model: ModelSe
     return True
 
 
-def load_model(task: Task, recipe: Recipe, labels: list[str] | None, dtype: Any = None) -> Any:
+def load_model(task: Task, recipe: Recipe, labels: list[str] | None, dtype: Any = None, processor: Any = None) -> Any:
+    """The model to train; with `processor`, the task's processor-dependent config (text classification:
+    pad_token_id, saved with the config so decoder classifiers find each row's last real token after reloading)."""
     import transformers
 
     m = recipe.model
@@ -249,6 +273,9 @@ def load_model(task: Task, recipe: Recipe, labels: list[str] | None, dtype: Any 
     replace = check_head(config, task, labels, m)
     auto = getattr(transformers, task.auto_model)
     kwargs = {**load_kwargs(m), **weight_kwargs(m), **task.model_kwargs(labels)}
+    from_processor = getattr(task, "processor_model_kwargs", None)  # optional task hook
+    if processor is not None and from_processor is not None:
+        kwargs.update(from_processor(processor))
     if replace:
         kwargs["ignore_mismatched_sizes"] = True
     if not m.allow_pickle and not m.gguf_file:
@@ -351,26 +378,50 @@ def count_parameters(model: Any) -> tuple[int, int]:
 
 
 def load_trained(task: Task, recipe: Recipe, model_dir: Path) -> tuple[Any, Any]:
-    """Model and processor as a run saved them: base + adapter (with head) for LoRA runs, full weights otherwise."""
-    import transformers
+    """Model and processor as a run saved them: base + adapter (with head) for LoRA runs, full weights otherwise.
+
+    A damaged saved file (cut short by a full disk, edited by hand) is named in one line instead of a traceback:
+    every JSON and safetensors file is checked up front, and loader errors of those kinds are caught by type.
+    """
+    import json
+
+    from safetensors import SafetensorError
+
+    from hftoolkit.integrity import unreadable_file
 
     check_file_references(model_dir)
-    processor = task.load_processor(str(model_dir), {})
-    auto = getattr(transformers, task.auto_model)
-    if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        config = transformers.AutoConfig.from_pretrained(str(model_dir))
-        try:
-            # A replaced head (model.replace_head) has another shape than the checkpoint's; the adapter restores it.
-            extra = {"ignore_mismatched_sizes": True} if recipe.model.replace_head else {}
-            base = auto.from_pretrained(
-                resolve_ref(recipe.model), config=config, **load_kwargs(recipe.model), **weight_kwargs(recipe.model), **extra
-            )
-        except (OSError, ValueError) as e:
-            raise explain_load_error(e, "base model", recipe.model) from e
-        model = PeftModel.from_pretrained(base, str(model_dir))
-    else:
-        model = auto.from_pretrained(str(model_dir), use_safetensors=True)
+    config_file = model_dir / "config.json"
+    bad = unreadable_file(model_dir) if config_file.is_file() else (config_file, "missing")
+    if bad is not None:
+        raise ModelError(f"{bad[0]}: {bad[1]}; re-run `hft finetune` or restore the file")
+    try:
+        processor = task.load_processor(str(model_dir), {})
+        model = _load_saved_model(task, recipe, model_dir)
+    except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as e:  # ValueError: config without model_type
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
+        raise ModelError(
+            f"cannot load the trained model in {model_dir} ({type(e).__name__}: {first}); re-run `hft finetune` or "
+            "restore the run's model/ folder"
+        ) from e
     model.eval()
     return model, processor
+
+
+def _load_saved_model(task: Task, recipe: Recipe, model_dir: Path) -> Any:
+    import transformers
+
+    auto = getattr(transformers, task.auto_model)
+    if not (model_dir / "adapter_config.json").is_file():
+        return auto.from_pretrained(str(model_dir), use_safetensors=True)
+    from peft import PeftModel
+
+    config = transformers.AutoConfig.from_pretrained(str(model_dir))
+    base_ref = resolve_ref(recipe.model)
+    check_model_folder(base_ref)
+    try:
+        # A replaced head (model.replace_head) has another shape than the checkpoint's; the adapter restores it.
+        extra = {"ignore_mismatched_sizes": True} if recipe.model.replace_head else {}
+        base = auto.from_pretrained(base_ref, config=config, **load_kwargs(recipe.model), **weight_kwargs(recipe.model), **extra)
+    except (OSError, ValueError) as e:
+        raise explain_load_error(e, "base model", recipe.model) from e
+    return PeftModel.from_pretrained(base, str(model_dir))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from hftoolkit import __version__
 from hftoolkit.errors import DataError, HftError, TrainingInterrupted
-from hftoolkit.rundir import RunDir, open_run, write_atomic, write_json
+from hftoolkit.rundir import RunDir, check_output_dir, open_run, write_atomic, write_json
 from hftoolkit.tasks.base import DataReport
 
 if TYPE_CHECKING:
@@ -43,8 +43,9 @@ class PreparedData:
 
 
 def prepare_data(recipe: Recipe, task: Task, processor: Any, *, sample: int | None = None) -> PreparedData:
-    """Raw splits -> checked labels -> validation carve-out -> max_samples -> model-ready features."""
-    from hftoolkit.data import carve_validation, limit_rows, load_raw, pick_splits
+    """Raw splits -> checked values and labels -> validation carve-out -> max_samples -> label coverage of train
+    -> model-ready features."""
+    from hftoolkit.data import carve_validation, column_values, limit_rows, load_raw, pick_splits
 
     report = DataReport()
     raw, source = load_raw(recipe.dataset)
@@ -62,8 +63,9 @@ def prepare_data(recipe: Recipe, task: Task, processor: Any, *, sample: int | No
     label_col = task.stratify_column(recipe)
     if labels and label_col:
         for role, split in splits.items():
-            counts = Counter(split[label_col])
+            counts = Counter(column_values(split, label_col))
             report.label_counts[role] = {labels[i]: counts.get(i, 0) for i in range(len(labels))}
+        _require_every_label_in_train(report.label_counts["train"], recipe)
     if sample is not None:
         splits = {role: s.select(range(min(len(s), sample))) for role, s in splits.items()}
     features = task.preprocess(splits, recipe, processor, report)
@@ -72,6 +74,21 @@ def prepare_data(recipe: Recipe, task: Task, processor: Any, *, sample: int | No
             raise DataError(f"split {role!r} is empty after preprocessing ({'; '.join(report.lines()[-3:])})")
     report.notes += source.notes
     return PreparedData(features, labels, source, report)
+
+
+def _require_every_label_in_train(counts: dict[str, int], recipe: Recipe) -> None:
+    """Checked after the carve-out and max_samples: a class with no training row would get a head it never learns."""
+    missing = [name for name, n in counts.items() if n == 0]
+    if not missing:
+        return
+    shown = ", ".join(f"{name}={n}" for name, n in counts.items())
+    limit = recipe.dataset.max_samples
+    cut = limit.get("train") if isinstance(limit, dict) else limit
+    hint = f"raise dataset.max_samples (train keeps {cut} rows)" if cut is not None else "add training rows of it"
+    raise DataError(
+        f"split 'train' has no rows of label(s) {', '.join(missing)} after the validation carve-out and "
+        f"max_samples (rows per label in train: {shown}); {hint}, or give a validation split"
+    )
 
 
 def cpu_has_native_bf16() -> bool:
@@ -103,6 +120,36 @@ def planned_steps(recipe: Recipe, n_train: int, world_size: int = 1) -> int:
     return max(1, math.ceil(t.epochs * max(1, batches // t.gradient_accumulation_steps)))
 
 
+# A plan longer than this is a typo (epochs: 1e6), not a run: at 10 optimizer steps a second it would take 11 days.
+MAX_PLANNED_STEPS = 10**7
+
+
+def check_plan(recipe: Recipe, n_train: int, world_size: int = 1) -> int:
+    """The plan's optimizer steps, refused when no one can mean it. validate and finetune both call this."""
+    from hftoolkit.errors import PlanError
+
+    t = recipe.training
+    batches = math.ceil(n_train / (t.batch_size * world_size))
+    if t.gradient_accumulation_steps > batches:
+        on = f" on {world_size} processes" if world_size > 1 else ""
+        raise PlanError(
+            f"training.gradient_accumulation_steps is {t.gradient_accumulation_steps} but the training set makes only "
+            f"{batches} batches of {t.batch_size}{on} ({n_train} rows): one optimizer step would need more than all of "
+            f"it; set gradient_accumulation_steps to at most {batches}, or lower training.batch_size"
+        )
+    per_epoch = max(1, batches // t.gradient_accumulation_steps)
+    # Compared before rounding: math.ceil of epochs: 1e300 x steps would overflow.
+    steps = t.max_steps or t.epochs * per_epoch
+    if steps > MAX_PLANNED_STEPS:
+        shown = f"{steps:,.0f}" if steps < 1e15 else f"{steps:.3g}"
+        why = "training.max_steps" if t.max_steps else f"training.epochs {t.epochs:g} x {per_epoch:,} steps per epoch"
+        raise PlanError(
+            f"the plan has {shown} optimizer steps ({why}), more than the limit of {MAX_PLANNED_STEPS:,}; lower "
+            "training.epochs or training.max_steps"
+        )
+    return planned_steps(recipe, n_train, world_size)
+
+
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -119,21 +166,24 @@ def package_versions() -> dict[str, str]:
 # hft validate
 
 
-def validate(recipe: Recipe) -> list[str]:
+def validate(recipe: Recipe, recipe_file: str | Path | None = None) -> list[str]:
     """Check recipe, data and model config without loading weights; return the plan as printable lines."""
     import torch
     import transformers
 
     from hftoolkit import metrics as metric_lib
-    from hftoolkit.modeling import apply_lora, check_head, check_local_weights, load_config, load_processor, resolve_ref
+    from hftoolkit.model_checks import check_model
+    from hftoolkit.modeling import apply_lora, check_head, check_local_weights, load_processor, resolve_ref
     from hftoolkit.tasks import get_task
 
     task = get_task(recipe.task)
+    check_output_dir(recipe, recipe_file)  # an output_dir finetune would refuse (".", a data folder) is refused now
     # The weights are never read here, but a folder finetune would refuse (pickle only) is refused now too.
     check_local_weights(resolve_ref(recipe.model), recipe.model)
-    processor = load_processor(task, recipe.model)
+    config = check_model(task, recipe)  # weights present, max_length within the position limit
+    processor = load_processor(task, recipe.model)  # refuses a local folder without tokenizer/processor files
     data = prepare_data(recipe, task, processor, sample=VALIDATE_SAMPLE)
-    config = load_config(recipe.model)
+    steps = check_plan(recipe, data.report.split_sizes["train"])
     check_head(config, task, data.labels, recipe.model)
     for k, v in task.model_kwargs(data.labels).items():
         setattr(config, k, v)
@@ -147,7 +197,6 @@ def validate(recipe: Recipe) -> list[str]:
     metric_lib.check_available(metric_names)
 
     run = RunDir(recipe.output_dir)
-    n_train = data.report.split_sizes["train"]
     lines = [f"recipe ok: task {recipe.task}, model {recipe.model.name} ({resolve_ref(recipe.model)})"]
     lines += [f"data: {line}" for line in data.report.lines()]
     if data.labels:
@@ -156,7 +205,7 @@ def validate(recipe: Recipe) -> list[str]:
     lines.append(f"model: {config.model_type}, {mode}; trainable {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
     t = recipe.training
     lines.append(
-        f"training: {planned_steps(recipe, n_train)} optimizer steps (batch {t.batch_size} x accumulation "
+        f"training: {steps} optimizer steps (batch {t.batch_size} x accumulation "
         f"{t.gradient_accumulation_steps} per device, {t.epochs:g} epochs{', max_steps ' + str(t.max_steps) if t.max_steps else ''}), "
         f"precision {t.precision}, seed {t.seed}"
     )
@@ -170,7 +219,13 @@ def validate(recipe: Recipe) -> list[str]:
 
 
 def finetune(
-    recipe: Recipe, *, command: str, overwrite: bool = False, resume: bool = False, allow_recipe_change: bool = False
+    recipe: Recipe,
+    *,
+    command: str,
+    overwrite: bool = False,
+    resume: bool = False,
+    allow_recipe_change: bool = False,
+    recipe_file: str | Path | None = None,
 ) -> Path:
     import uuid
 
@@ -182,13 +237,18 @@ def finetune(
     from hftoolkit import metrics as metric_lib
     from hftoolkit.callbacks import MetricsFile
     from hftoolkit.launch import prepare_worker_env
+    from hftoolkit.model_checks import check_model
     from hftoolkit.modeling import apply_lora, count_parameters, declare_mean_loss, load_model, load_processor
+    from hftoolkit.modeling import check_model_folder, resolve_ref
     from hftoolkit.plots import loss_curve_png
+    from hftoolkit.resumable import ResumableTrainer
     from hftoolkit.tasks import get_task
 
     task = get_task(recipe.task)
     run = RunDir(recipe.output_dir)
-    run.check_writable(recipe, overwrite=overwrite, resume=resume, allow_recipe_change=allow_recipe_change)
+    run.check_writable(
+        recipe, overwrite=overwrite, resume=resume, allow_recipe_change=allow_recipe_change, recipe_file=recipe_file
+    )
     transformers.set_seed(recipe.training.seed)
     metric_names = recipe.evaluation.metrics or list(task.default_metrics)
     metric_lib.check_available(metric_names)
@@ -238,11 +298,14 @@ def finetune(
     )
     is_main = args.process_index == 0
 
+    check_model_folder(resolve_ref(recipe.model))  # no symlink out of a local model folder, before anything reads it
+    check_model(task, recipe)  # as validate does: weights present, max_length within the position limit
     processor = load_processor(task, recipe.model)
     with args.main_process_first(desc="dataset preprocessing"):
         data = prepare_data(recipe, task, processor)
     if "validation" not in data.features and t.eval_strategy != "no":
         raise DataError("there is no validation split to evaluate on during training; set training.eval_strategy: no")
+    check_plan(recipe, len(data.features["train"]), args.world_size)
     if args.train_sampling_strategy == "group_by_length" and "length" not in data.features["train"].column_names:
         # Nothing to group (e.g. images: every example has the same size); without a `length` column the sampler
         # would run every example's transform just to measure it.
@@ -258,7 +321,7 @@ def finetune(
         )
         ckpt_lib.verify_checkpoint_files(checkpoint.path)
 
-    model = load_model(task, recipe, data.labels)
+    model = load_model(task, recipe, data.labels, processor=processor)
     if recipe.lora.enabled:
         model = apply_lora(model, task, recipe)
     declare_mean_loss(model)
@@ -271,7 +334,7 @@ def finetune(
         run.start(overwrite=overwrite, resume=resume)
         if checkpoint is not None:
             # Whatever happened after the checkpoint is redone: drop half-written checkpoints and later log lines.
-            ckpt_lib.remove_checkpoints(leftovers)
+            ckpt_lib.remove_checkpoints(leftovers, run.checkpoints)
             ckpt_lib.truncate_metrics(run.metrics, checkpoint)
             log.info("resuming from %s (step %d)", checkpoint.path, checkpoint.step)
         write_atomic(run.recipe, _recipe_yaml(recipe))
@@ -312,7 +375,7 @@ def finetune(
     callbacks.append(stopper)
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    trainer = ckpt_lib.ResumableTrainer(
+    trainer = ResumableTrainer(
         model=model,
         args=args,
         data_collator=task.collator(processor, recipe, on_gpu=torch.cuda.is_available()),
@@ -434,9 +497,18 @@ def _save_model_extras(model: Any, model_dir: Path) -> None:
 
 
 def evaluate_run(
-    run_path: str | Path, *, split: str | None = None, batch_size: int | None = None, revision: str | None = None
+    run_path: str | Path,
+    *,
+    split: str | None = None,
+    batch_size: int | None = None,
+    revision: str | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
-    """Score a finished run (or a Hub repo pushed by `hft push`) on a split; writes eval_results.json and artifacts."""
+    """Score a finished run (or a Hub repo pushed by `hft push`) on a split; writes eval_results.json and artifacts.
+
+    The split's data fingerprint is compared with the one finetune recorded: a changed file is scored with a
+    warning, or refused with `strict`.
+    """
     import tempfile
 
     import numpy as np
@@ -465,6 +537,7 @@ def evaluate_run(
     if split not in data.features:
         raise DataError(f"split {split!r} is not available; available: {', '.join(data.features)}")
     features = data.features[split]
+    fingerprint = _check_fingerprint(manifest, split, features._fingerprint, strict=strict)
 
     with tempfile.TemporaryDirectory(prefix="hft-eval-") as tmp:
         args = TrainingArguments(
@@ -498,11 +571,28 @@ def evaluate_run(
         "model": manifest.get("model"),
         "run": str(run),  # the directory, or org/name@commit for a Hub repo
         "labels": data.labels,
+        "data_fingerprint": fingerprint,
     }
     if trainer.is_world_process_zero():
         results["artifacts"] = task.write_eval_artifacts(run.path, predictions, references, data.labels)
         write_json(run.eval_results, results)
     return results
+
+
+def _check_fingerprint(manifest: dict[str, Any], split: str, current: str, *, strict: bool) -> dict[str, Any]:
+    """Whether the evaluation data are the data the run recorded at training time (datasets' fingerprint of the
+    split's features: the source files, the carve-out and max_samples, the tokenization)."""
+    recorded = ((manifest.get("dataset") or {}).get("fingerprints") or {}).get(split)
+    matched = None if recorded is None else recorded == current
+    if matched is False:
+        if strict:
+            raise DataError(
+                f"split {split!r} changed since training: its fingerprint is {current}, the run recorded {recorded}; "
+                "restore the data the run was trained with, or drop --strict to score the new data"
+            )
+        if os.environ.get("RANK", "0") == "0":
+            log.warning("split %r changed since training: fingerprint %s, the run recorded %s", split, current, recorded)
+    return {"split": split, "fingerprint": current, "recorded": recorded, "matched": matched}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -30,8 +30,11 @@ from typing import Any, Callable
 
 import yaml
 
+from hftoolkit.card import code_span
 from hftoolkit.errors import HubOfflineError, PushError
+from hftoolkit.paths import is_inside, require_inside
 from hftoolkit.recipe import HF_TOKEN_PATTERN
+from hftoolkit.repo_ids import require_repo_id
 from hftoolkit.rundir import RunDir, read_json
 
 log = logging.getLogger("hftoolkit")
@@ -161,6 +164,15 @@ def secret_kind(data: bytes) -> str | None:
     return None
 
 
+def _link_problem(link: Path, root: Path, shown: str) -> str:
+    """A link is refused either way; one that leaves the run is the dangerous case, so the message says so."""
+    target = os.path.realpath(link)
+    if not is_inside(link, root):
+        return f"{shown}: a symlink to {target}, outside the run directory (hft publishes no file from outside the run)"
+    inside = Path(target).relative_to(os.path.realpath(root)).as_posix()
+    return f"{shown}: a symlink to {inside} (publishing follows no links)"
+
+
 def preflight(run: RunDir) -> None:
     """Refuse a run directory holding pickles or secrets outside checkpoints/ and tensorboard/, naming every one."""
     problems: list[str] = []
@@ -170,7 +182,7 @@ def preflight(run: RunDir) -> None:
             continue
         shown = rel.as_posix()
         if path.is_symlink():
-            problems.append(f"{shown}: a symbolic link (publishing follows no links)")
+            problems.append(_link_problem(path, run.path, shown))
             continue
         name = path.name.lower()
         if name in SECRET_FILE_NAMES or name.startswith(".env") or name.endswith(SECRET_SUFFIXES):
@@ -212,6 +224,28 @@ def check_uploads(uploads: list[Upload], markers: list[str]) -> None:
                 problems.append(f"{u.path_in_repo}: contains the local path {found}")
     if problems:
         raise PushError("refusing to push: " + "; ".join(problems))
+
+
+def check_commit_text(fields: dict[str, str | None]) -> None:
+    """The commit message, PR description and branch name are published with the commit: scan them as files are.
+
+    The message never echoes the text: it is the secret. NUL bytes become spaces first, as they would hide the text from
+    `secret_kind`'s binary-data rule.
+    """
+    from huggingface_hub import get_token
+
+    token = get_token()
+    for what, text in fields.items():
+        if not text:
+            continue
+        kind = "the Hugging Face token of this session" if token and token in text else secret_kind(
+            text.replace("\0", " ").encode()
+        )
+        if kind:
+            raise PushError(
+                f"refusing to push: {what} looks like it holds {kind}, which the Hub would publish with the commit; "
+                "write it without the secret (not shown here)"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -257,7 +291,7 @@ def public_recipe(recipe: dict, manifest: dict, notes: list[str]) -> dict:
     if _is_local_model(model["name"]):
         short = public_path(model["name"])
         if short != model["name"]:
-            notes.append(f"model.name: the local folder is published as `{short}`")
+            notes.append(f"model.name: the local folder is published as {code_span(short)}")
             model["name"] = short
     else:
         commit = (manifest.get("model") or {}).get("commit")
@@ -268,7 +302,7 @@ def public_recipe(recipe: dict, manifest: dict, notes: list[str]) -> dict:
         if _is_local_dataset(ds):
             short = public_path(ds["name"])
             if short != ds["name"]:
-                notes.append(f"dataset.name: the local folder is published as `{short}`")
+                notes.append(f"dataset.name: the local folder is published as {code_span(short)}")
                 ds["name"] = short
         else:
             commit = (manifest.get("dataset") or {}).get("commit")
@@ -282,7 +316,7 @@ def public_recipe(recipe: dict, manifest: dict, notes: list[str]) -> dict:
             ds["files"] = short
     if public_path(out["output_dir"]) != out["output_dir"]:
         out["output_dir"] = public_path(out["output_dir"])
-        notes.append(f"output_dir: shortened to `{out['output_dir']}`")
+        notes.append(f"output_dir: shortened to {code_span(out['output_dir'])}")
     return out
 
 
@@ -385,7 +419,8 @@ def _local_name_or_path(path: Path) -> bool:
     return isinstance(value, str) and public_path(value) != value
 
 
-def _model_folder_uploads(folder: Path, kind: str, facts: RunFacts) -> tuple[list[Upload], list[str]]:
+def _model_folder_uploads(folder: Path, kind: str, facts: RunFacts, boundary: Path) -> tuple[list[Upload], list[str]]:
+    """The allow-listed files of `folder`, each of which must really lie inside `boundary` (symlinks resolved)."""
     uploads, skipped = [], []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         name = path.name
@@ -393,6 +428,7 @@ def _model_folder_uploads(folder: Path, kind: str, facts: RunFacts) -> tuple[lis
         if not wanted:
             skipped.append(name)
             continue
+        require_inside(path, boundary, "file to publish")
         if name == "adapter_config.json":
             config = read_json(path)
             # PEFT records where the base was loaded from (often a local folder); the card and AutoPeftModel need its Hub id.
@@ -465,8 +501,13 @@ def build_uploads(facts: RunFacts, repo_id: str, model_folder: Path, *, offline:
         raise PushError(
             f"{run.eval_results} is missing: the card's results come from it; run `hft evaluate {run.path}` first"
         )
-    uploads, skipped = _model_folder_uploads(model_folder, facts.kind, facts)
-    skipped = [f"model/{n}" for n in skipped] if model_folder == run.model else skipped
+    from_run = model_folder == run.model
+    # The merged model is written into push's own temp dir, which is then its boundary.
+    uploads, skipped = _model_folder_uploads(model_folder, facts.kind, facts, run.path if from_run else model_folder)
+    skipped = [f"model/{n}" for n in skipped] if from_run else skipped
+    for path in (run.eval_results, run.data_report, run.loss_curve):
+        if path.exists() or path.is_symlink():
+            require_inside(path, run.path, "file to publish")
     notes: list[str] = []
     recipe = public_recipe(facts.recipe_dict, facts.manifest, notes)
     from hftoolkit.recipe import Recipe
@@ -652,6 +693,24 @@ def _first_line(e: Exception) -> str:
     return line(e) + (f" ({type(root).__name__}: {line(root)})" if line(root) != line(e) else f" ({type(e).__name__})")
 
 
+def _checked_run(run_path: str | Path, repo_id: str, *, merge: bool, revision: str | None,
+                 commit_message: str | None) -> tuple[RunFacts, str, str]:
+    """What is refused before any network call: the repo id, the commit's text, the branch name, the run's files."""
+    require_repo_id(repo_id, "--repo-id")
+    check_commit_text({"--commit-message": commit_message, "--revision": revision})
+    if revision is not None and (not revision or revision.startswith("refs/") or re.fullmatch(r"[0-9a-f]{40}", revision)):
+        raise PushError(f"--revision {revision!r}: give a branch name (it is created from main when missing)")
+    run = RunDir(run_path)
+    if run.manifest.exists() or run.manifest.is_symlink():
+        # Before anything of the run is read: a manifest or recipe linked from outside the run is refused, not parsed.
+        preflight(run)
+    facts = inspect_run(run_path, merge)
+    message, description = commit_text(facts, commit_message)
+    generated = {"the commit message": None if commit_message else message, "the commit description": description}
+    check_commit_text(generated)
+    return facts, message, description
+
+
 def push(
     run_path: str | Path,
     repo_id: str,
@@ -665,14 +724,9 @@ def push(
     verify: bool = False,
     progress: Callable[[str], None] = log.info,
 ) -> PushResult:
-    from hftoolkit.hub import is_hub_id
-
-    if not is_hub_id(repo_id):
-        raise PushError(f"--repo-id {repo_id!r}: expected NAMESPACE/NAME (your user or organization, then the repo name)")
-    if revision is not None and (not revision or revision.startswith("refs/") or re.fullmatch(r"[0-9a-f]{40}", revision)):
-        raise PushError(f"--revision {revision!r}: give a branch name (it is created from main when missing)")
-    facts = inspect_run(run_path, merge)
-    preflight(facts.run)
+    facts, message, description = _checked_run(
+        run_path, repo_id, merge=merge, revision=revision, commit_message=commit_message
+    )
     if not dry_run:
         from huggingface_hub import get_token
 
@@ -699,7 +753,7 @@ def push(
         check_uploads([u for u in uploads if u.data != b"" or u.file], local_markers(facts))
         if dry_run:
             return result
-        _commit(facts, result, private=private, create_pr=create_pr, commit_message=commit_message, progress=progress)
+        _commit(result, private=private, create_pr=create_pr, message=message, description=description, progress=progress)
         if verify:
             commit = result.commit or result.revision
             progress(f"verifying {repo_id}@{commit[:12]}")
@@ -712,7 +766,18 @@ def push(
     return result
 
 
-def _commit(facts: RunFacts, result: PushResult, *, private: bool, create_pr: bool, commit_message: str | None,
+def commit_text(facts: RunFacts, commit_message: str | None) -> tuple[str, str]:
+    """The commit title and the description's fixed part (also the PR description with --create-pr)."""
+    manifest = facts.manifest
+    message = commit_message or f"hft push: {facts.kind} of run {facts.run.path.resolve().name}"
+    description = (
+        f"Published by hftoolkit {manifest.get('hftoolkit_version', '')} from a {facts.recipe.task} run "
+        f"(recipe fingerprint {manifest.get('recipe_fingerprint', '?')})."
+    )
+    return message, description
+
+
+def _commit(result: PushResult, *, private: bool, create_pr: bool, message: str, description: str,
             progress: Callable[[str], None]) -> None:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.hf_api import RepoFile
@@ -754,13 +819,7 @@ def _commit(facts: RunFacts, result: PushResult, *, private: bool, create_pr: bo
     operations: list = [CommitOperationAdd(path_in_repo=u.path_in_repo, path_or_fileobj=u.data if u.data is not None else str(u.file))
                         for u in result.uploads]
     operations += [CommitOperationDelete(path_in_repo=p) for p in result.removed]
-    manifest = facts.manifest
-    message = commit_message or f"hft push: {result.kind} of run {facts.run.path.resolve().name}"
-    description = (
-        f"Published by hftoolkit {manifest.get('hftoolkit_version', '')} from a {facts.recipe.task} run "
-        f"(recipe fingerprint {manifest.get('recipe_fingerprint', '?')}). {len(result.changed)} file(s) changed, "
-        f"{len(result.removed)} removed."
-    )
+    description = f"{description} {len(result.changed)} file(s) changed, {len(result.removed)} removed."
     progress(f"uploading {len(result.changed)} changed file(s) to {repo_id}@{branch} in one commit")
     try:
         info = api.create_commit(

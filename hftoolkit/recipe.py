@@ -10,27 +10,44 @@ Only pydantic and PyYAML are imported here so `hft validate --help` and `hft sch
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hftoolkit.errors import RecipeError
+# Unset is re-exported: callers build `--unset` items as hftoolkit.recipe.Unset(key).
+from hftoolkit.recipe_loading import Override, Unset, load_validated  # noqa: F401
 
 TaskName = Literal["text-classification", "causal-lm", "image-classification"]
 SplitRole = Literal["train", "validation", "test"]
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 # Shape of a Hugging Face access token. Recipes are saved in run directories and published with models.
 HF_TOKEN_PATTERN = re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}")
+# Seeds go to numpy's legacy seeding (transformers.set_seed), which takes 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
+# More new tokens than the longest context of the model families hft fine-tunes (Llama 3: 128k) is a typo.
+MAX_NEW_TOKENS = 131_072
+# A LoRA rank above the width of any layer adapts nothing more; far above it, shapes overflow torch's int64.
+MAX_LORA_RANK = 65_536
+# More worker processes than any one machine has cores is a typo, and datasets would start that many.
+MAX_PROCESSES = 1024
+
+
+def _no_blank_entries(values: list[str] | None, what: str, hint: str) -> list[str] | None:
+    """Names and texts in lists must say something: an empty one is read as `.` (a folder) or matches nothing."""
+    blank = [i for i, value in enumerate(values or []) if not value.strip()]
+    if blank:
+        raise ValueError(f"{what} {blank[0]} is empty or only whitespace; {hint}")
+    return values
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan (`.inf`, `1e400`) are refused: no setting means them, and they crash or hang later.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(_Section):
@@ -53,6 +70,14 @@ class ModelSection(_Section):
         "written into the model card by `hft push`. Needed when the base model's card does not state one.",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _names_something(cls, name: str) -> str:
+        # An empty name is the current directory to the loaders; `package:` alone names no module.
+        if not name.strip() or not name.removeprefix("package:").strip():
+            raise ValueError(f"{name!r} names no model; give a Hub id (org/name), a local folder or package:<module>")
+        return name
+
     @model_validator(mode="after")
     def _remote_code_needs_pinned_revision(self) -> ModelSection:
         if self.trust_remote_code and not (self.revision and _COMMIT_SHA.match(self.revision)):
@@ -73,6 +98,19 @@ class Columns(_Section):
     messages: str | None = Field(None, description="Chat messages column: a list of {role, content} (SFT).")
     prompt: str | None = Field(None, description="Prompt column (SFT with prompt/response pairs).")
     response: str | None = Field(None, description="Response column (SFT with prompt/response pairs).")
+
+    @model_validator(mode="after")
+    def _one_column_per_role(self) -> Columns:
+        # The label column is encoded to class ids before texts are tokenized: one column cannot be both.
+        roles: dict[str, str] = {}
+        for role, column in self.model_dump().items():
+            if column is not None and column in roles:
+                raise ValueError(
+                    f"dataset.columns.{role} and dataset.columns.{roles[column]} both name column {column!r}; each "
+                    "role needs a column of its own"
+                )
+            roles.setdefault(column, role)
+        return self
 
 
 class Splits(_Section):
@@ -108,9 +146,15 @@ class DatasetSection(_Section):
         256, ge=8, description="Truncate token sequences to this length (causal LM with batching: blocks: the length of every block)."
     )
     skip_bad_images: bool = Field(False, description="Skip images that fail to decode (counted in the data report).")
+    allow_empty_text: bool = Field(
+        False,
+        description="Train on empty or whitespace-only texts (counted in the data report either way; refused unless "
+        "true). Causal LM plain-text documents that are empty are always dropped and counted.",
+    )
     num_proc: int | None = Field(
         None,
         ge=1,
+        le=MAX_PROCESSES,
         description="Processes for preprocessing (datasets.map num_proc: tokenization; image decode checks). Default: "
         "one; the batched fast tokenizer already uses several threads, and on 2 cores 2 processes saved only 9% "
         "(bench/RESULTS.md). Pays on many cores.",
@@ -140,7 +184,24 @@ class DatasetSection(_Section):
             raise ValueError("give exactly one of dataset.name (Hub id or local folder) or dataset.files (local files per split)")
         if self.files is not None and "train" not in self.files:
             raise ValueError("dataset.files needs a `train` entry")
+        if self.files is not None:
+            # pick_splits never reads splits when files are given: a non-default value would be silently ignored.
+            changed = [role for role, spec in Splits.model_fields.items() if getattr(self.splits, role) != spec.default]
+            if changed:
+                others = f" (and dataset.splits.{', dataset.splits.'.join(changed[1:])})" if changed[1:] else ""
+                raise ValueError(
+                    f"dataset.splits.{changed[0]} is not used with dataset.files{others}: with files, the split names "
+                    f"are the keys of dataset.files ({', '.join(self.files)}); remove dataset.splits, and give each "
+                    "split's file under dataset.files.<role> (no validation file: one is carved from train)"
+                )
         return self
+
+    @field_validator("name")
+    @classmethod
+    def _names_something(cls, name: str | None) -> str | None:
+        if name is not None and not name.strip():
+            raise ValueError("an empty name is the current directory to the loaders; give a Hub id or a local folder")
+        return name
 
     @field_validator("max_samples")
     @classmethod
@@ -153,11 +214,16 @@ class DatasetSection(_Section):
 
 class LoraSection(_Section):
     enabled: bool = Field(True, description="false = full fine-tuning of every weight.")
-    r: int = Field(8, ge=1)
+    r: int = Field(8, ge=1, le=MAX_LORA_RANK)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     target_modules: list[str] | None = Field(None, description="Modules to adapt; chosen per architecture when not given.")
     modules_to_save: list[str] | None = Field(None, description="Modules trained fully and saved with the adapter; the task's head by default.")
+
+    @field_validator("target_modules", "modules_to_save")
+    @classmethod
+    def _module_names(cls, names: list[str] | None) -> list[str] | None:
+        return _no_blank_entries(names, "module", "give module names such as query or c_attn (or null for the default)")
 
 
 class TrainingSection(_Section):
@@ -171,7 +237,7 @@ class TrainingSection(_Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto",
         description="auto = bf16 on GPUs that support it, fp16 on other GPUs; on CPU bf16 autocast where the CPU has "
@@ -189,7 +255,7 @@ class TrainingSection(_Section):
     greater_is_better: bool | None = None
     group_by_length: bool = Field(True, description="Batch examples of similar length together (less padding).")
     gradient_checkpointing: bool = False
-    dataloader_num_workers: int = Field(0, ge=0)
+    dataloader_num_workers: int = Field(0, ge=0, le=MAX_PROCESSES)
     torch_compile: bool = Field(
         False,
         description="Compile the model with torch.compile. Opt-in for long runs: compiling costs minutes up front and "
@@ -229,6 +295,11 @@ class EvaluationSection(_Section):
     )
     split: SplitRole | None = Field(None, description="Split `hft evaluate` scores by default (test, else validation).")
 
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, names: list[str] | None) -> list[str] | None:
+        return _no_blank_entries(names, "metric", "give metric names such as accuracy or f1")
+
 
 class GenerationSection(_Section):
     """Text generation with a causal LM: samples written at the end of training, and `hft predict` defaults."""
@@ -239,10 +310,16 @@ class GenerationSection(_Section):
         "directory. With chat data (messages or prompt/response columns) each prompt is a user message formatted with "
         "the chat template; with plain text it is the start of a text to continue.",
     )
-    max_new_tokens: int = Field(64, ge=1, description="Most tokens generated per prompt.")
+    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS, description="Most tokens generated per prompt.")
     do_sample: bool = Field(False, description="Sample (with temperature and top_p) instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample: true only).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this probability mass (do_sample: true only).")
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_have_text(cls, prompts: list[str]) -> list[str]:
+        # Generation from nothing fails at the end of training, after all the work; refuse it up front.
+        return _no_blank_entries(prompts, "prompt", "every prompt needs text to continue or answer") or []
 
 
 class Recipe(_Section):
@@ -331,163 +408,12 @@ class Recipe(_Section):
 # Loading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: the second value would otherwise silently win."""
+def load_recipe(path: str | Path, overrides: Sequence[Override] = ()) -> Recipe:
+    """Read the YAML, apply `--set` items (strings `key.path=value`) and `Unset` items in order, validate.
 
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first defined on line {seen[key] + 1})", key_node.start_mark
-            )
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-# YAML 1.1 reads yes/no/on/off as booleans, so `eval_strategy: no` would arrive as False. Recipes follow YAML 1.2:
-# only true/false are booleans; `no` stays the string the user wrote.
-_UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Map each YAML path to the 1-based line where its key is written, for error messages."""
-    out = {} if out is None else out
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = prefix + (key_node.value,)
-            out[path] = key_node.start_mark.line + 1
-            _key_lines(value_node, path, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[prefix + (i,)] = item.start_mark.line + 1
-            _key_lines(item, prefix + (i,), out)
-    return out
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`training.learning_rate=1e-4` -> (["training", "learning_rate"], 0.0001). Values are YAML scalars."""
-    if "=" not in item:
-        raise RecipeError("--set", [f"{item!r}: expected key.path=value"])
-    key, raw = item.split("=", 1)
-    if not key or any(not p for p in key.split(".")):
-        raise RecipeError("--set", [f"{item!r}: expected key.path=value"])
-    try:
-        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw != "" else ""
-    except yaml.YAMLError as e:
-        raise RecipeError("--set", [f"{key}: value {raw!r} is not valid YAML ({e})"]) from None
-    # YAML reads 1e-4 as a string (YAML 1.1 needs a dot); users mean a number.
-    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
-        value = float(value)
-    return key.split("."), value
-
-
-def _apply_override(data: dict, path: list[str], value: Any) -> None:
-    node = data
-    for part in path[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise RecipeError("--set", [f"{'.'.join(path)}: {part} is not a section"])
-        node = child
-    node[path[-1]] = value
-
-
-def _model_for_path(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model that owns the field at `loc`, to list valid sibling keys."""
-    model: type[BaseModel] | None = Recipe
-    for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
-            return None
-        ann = model.model_fields[part].annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-    return model
-
-
-def _abbreviation_of(key: str, valid: list[str]) -> list[str]:
-    """`rank` -> `r`, `lr_sched` -> `lr_scheduler`: prefixes that plain edit distance misses."""
-    hits = [v for v in valid if key.startswith(v) or v.startswith(key)]
-    return sorted(hits, key=lambda v: abs(len(v) - len(key)))[:1]
-
-
-def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int], overridden: set[tuple]) -> list[str]:
-    problems = []
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # pydantic adds union branch names (e.g. 'int', 'dict[...]') into loc; drop them for a clean YAML path.
-        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"int", "str", "float", "bool"})))
-        msg = e["msg"].removeprefix("Value error, ")
-        if not loc:
-            # Cross-section checks raise at the top level; their message starts with the path they are about.
-            m = re.match(r"([a-z_]+(?:\.[a-z_]+)+) ", msg)
-            loc = tuple(m.group(1).split(".")) if m else loc
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
-        where = f"{source}:{lines[loc]}" if loc in lines else source
-        if any(loc[: len(o)] == o for o in overridden):
-            where = "--set"
-        if e["type"] == "extra_forbidden":
-            owner = _model_for_path(loc[:-1])
-            valid = list(owner.model_fields) if owner else []
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5) or _abbreviation_of(str(loc[-1]), valid)
-            hint = f" (did you mean {close[0]}?)" if close else (f" (valid keys: {', '.join(valid)})" if valid else "")
-            problems.append(f"{where}: {dotted}: unknown key{hint}")
-        elif e["type"] == "missing":
-            problems.append(f"{where}: {dotted}: required key is missing")
-        else:
-            got = e.get("input")
-            shown = "" if isinstance(got, (dict, list)) or e["type"].startswith("value_error") else f" (got {got!r})"
-            problems.append(f"{where}: {dotted}: {msg}{shown}")
-    return problems
-
-
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, merge and validate a recipe. Raises RecipeError listing every problem."""
-    path = Path(path)
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(source, ["file not found"]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError(source, [f"cannot read the file ({e})"]) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-        lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader)) if data is not None else {}
-    except yaml.constructor.ConstructorError as e:
-        mark = e.problem_mark
-        line = f":{mark.line + 1}" if mark else ""
-        problem = e.problem or str(e)
-        if "python/" in problem or "could not determine a constructor" in problem:
-            problem = f"{problem}: YAML tags that build Python objects are refused (recipes are plain data)"
-        raise RecipeError(source, [f"{source}{line}: {problem}"]) from None
-    except yaml.YAMLError as e:
-        raise RecipeError(source, [f"not valid YAML: {e}"]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(source, [f"{source}: the recipe must be a mapping of sections, got {type(data).__name__}"])
-
-    overridden: set[tuple] = set()
-    for item in overrides:
-        key_path, value = parse_override(item)
-        _apply_override(data, key_path, value)
-        overridden.add(tuple(key_path))
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as err:
-        raise RecipeError(source, _format_errors(err, source, lines, overridden)) from None
+    Raises RecipeError listing every problem, each naming the file and line, or the override that caused it.
+    """
+    return load_validated(path, overrides, Recipe)
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import yaml
@@ -227,7 +228,8 @@ def test_end_of_turn_must_be_eos_or_named_in_the_recipe(llama, chat_files, recip
     tok.eos_token = "<|endoftext|>"
     tok.save_pretrained(base)
     for f in ("config.json", "model.safetensors"):
-        (base / f).symlink_to(llama / f)
+        # Copies, not symlinks: a model file linked from outside its folder is refused (tests/test_hardening_symlinks.py).
+        shutil.copyfile(llama / f, base / f)
     path = recipe_file(base, chat_files, dataset=CHAT)
     expect(ModelError, "ends an assistant reply with '<|im_end|>' but the tokenizer's EOS token is '<|endoftext|>'", path)
     expect(ModelError, "dataset.end_of_turn_token is '<|endoftext|>' but the chat template ends an assistant reply with "

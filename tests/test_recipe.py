@@ -96,8 +96,8 @@ def test_precedence_defaults_yaml_set(tmp_path):
 def test_set_errors_say_they_come_from_set(tmp_path):
     p = write(tmp_path, BASE)
     msgs = problems(p, ["training.epoch=3", "training.batch_size=abc"])
-    assert "--set: training.epoch: unknown key (did you mean epochs?)" in msgs
-    assert any(m.startswith("--set: training.batch_size:") for m in msgs)
+    assert "--set training.epoch=3: unknown key (did you mean epochs?)" in msgs
+    assert any(m.startswith("--set training.batch_size=abc:") for m in msgs)
     with pytest.raises(RecipeError, match="expected key.path=value"):
         load_recipe(p, ["training.epochs"])
 

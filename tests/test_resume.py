@@ -95,6 +95,14 @@ def assert_same_training(expected: Path, got: Path) -> None:
         assert (wa[k] - wb[k]).abs().max().item() <= 1e-6, k
 
 
+def assert_same_train_loss(expected: Path, got: Path) -> None:
+    """train_results.json's train_loss is the mean over the whole run, also when it was resumed (and in metrics.jsonl)."""
+    want = json.loads((expected / "train_results.json").read_text())["train"]["train_loss"]
+    have = json.loads((got / "train_results.json").read_text())["train"]["train_loss"]
+    assert have == pytest.approx(want, rel=1e-6)
+    assert [m["train_loss"] for m in metrics(got) if "train_loss" in m][-1] == pytest.approx(want, rel=1e-6)
+
+
 def marker(checkpoint: Path) -> dict:
     return json.loads((checkpoint / "hft_checkpoint.json").read_text())
 
@@ -158,6 +166,7 @@ def test_sigterm_then_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_pat
     assert f"removing incomplete checkpoint {partial}" in proc.stderr
     assert not partial.exists()
     assert_same_training(baseline, run)
+    assert_same_train_loss(baseline, run)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed"
     assert [r["step"] for r in manifest["resumed_from"]] == [5, 6]
@@ -194,6 +203,7 @@ def test_exception_at_epoch_boundary_then_resume_equals_uninterrupted(tmp_path, 
 
     run_hft("finetune", recipe, "--resume")
     assert_same_training(baseline, run)
+    assert_same_train_loss(baseline, run)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ class DataReport:
     token_lengths: dict[str, float] = field(default_factory=dict)
     truncated_share: dict[str, float] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    empty_texts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> text column -> empty/blank rows
     notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -42,6 +43,10 @@ class DataReport:
             )
         for role, share in self.truncated_share.items():
             out.append(f"truncated ({role}): {share:.1%} of examples cut at max_length")
+        for role, per_column in self.empty_texts.items():
+            shown = ", ".join(f"{col}={n}" for col, n in per_column.items() if n)
+            if shown:
+                out.append(f"empty or whitespace-only texts ({role}): {shown}")
         for reason, n in self.dropped.items():
             out.append(f"dropped: {n} rows ({reason})")
         out += self.notes
@@ -57,6 +62,8 @@ class Task(Protocol):
     auto_model: str  # transformers Auto class used to load the model
     peft_task_type: str | None  # peft.TaskType name; None = PEFT's generic PeftModel (inputs other than input_ids)
     default_metrics: tuple[str, ...]
+    processor_kind: str  # "tokenizer" or "image processor": which files a local model folder needs, and whether
+    # dataset.max_length (tokens) applies
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         """Tokenizer or image processor for the model."""
@@ -107,4 +114,9 @@ class Task(Protocol):
     #
     # def check_predict_inputs(self, inputs: list[str]) -> None:
     #     """Before the model is loaded: raise DataError for inputs that cannot work (image classification: a path
-    #     that does not exist), so a typo fails in a second instead of after loading the model."""
+    #     that does not exist), so a typo fails in a second instead of after loading the model; text tasks warn
+    #     about inputs that look like image paths."""
+    #
+    # def processor_model_kwargs(self, processor) -> dict[str, Any]:
+    #     """Extra `from_pretrained` arguments that depend on the processor (text classification: the tokenizer's
+    #     pad_token_id, which decoder models use to find the last real token of each row)."""

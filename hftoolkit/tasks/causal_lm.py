@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from hftoolkit import metrics as metric_lib
-from hftoolkit.data import require_columns
+from hftoolkit.data import column_values, require_columns
 from hftoolkit.errors import DataError, ModelError
+from hftoolkit.tasks._text import check_texts, ensure_pad_token, warn_image_paths
 from hftoolkit.tasks.base import DataReport
 from hftoolkit.tasks.text_classification import tokenizer_identity
 
@@ -155,19 +156,14 @@ class CausalLM:
     auto_model = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
     default_metrics = ("perplexity", "next_token_accuracy")
+    processor_kind = "tokenizer"
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ModelError(f"the tokenizer of {ref!r} has neither a pad nor an EOS token to pad batches with")
-            tokenizer.pad_token = tokenizer.eos_token
-            log.info(
-                "the tokenizer has no pad token: padding with its EOS token %r (padding is masked out of the labels, "
-                "so EOS is still learned)", tokenizer.eos_token,
-            )
+        tokenizer = ensure_pad_token(
+            AutoTokenizer.from_pretrained(ref, **kwargs), ref, "padding is masked out of the labels, so EOS is still learned"
+        )
         # Training batches pad on the right: GPT-2's absolute positions would shift under left padding. Generation
         # pads on the left per call (predict), so the saved tokenizer stays as trained.
         tokenizer.padding_side = "right"
@@ -188,21 +184,15 @@ class CausalLM:
             # Checked here, before a validation split is carved, so row numbers are rows of the source split.
             if c.messages is not None:
                 self._check_conversations(split, role, c.messages)
-            for col in (c.text, c.prompt, c.response):
-                if col is not None:
-                    self._check_texts(split, role, col)
+        # Empty documents are counted and dropped in preprocess (WikiText and .txt files read by line have blank
+        # rows by design); an empty prompt or response is refused unless dataset.allow_empty_text.
+        check_texts(splits, [c.text], report, allow_empty=True, refuse=False)
+        check_texts(splits, [c.prompt, c.response], report, allow_empty=recipe.dataset.allow_empty_text)
         return None
 
     @staticmethod
-    def _check_texts(split: Dataset, role: str, col: str) -> None:
-        for i, v in enumerate(split.data.column(col).to_pylist()):
-            if not isinstance(v, str):
-                what = "missing (null)" if v is None else f"{type(v).__name__} {v!r}, not text"
-                raise DataError(f"split {role!r} row {i}: column {col!r} is {what}")
-
-    @staticmethod
     def _check_conversations(split: Dataset, role: str, col: str) -> None:
-        for i, conversation in enumerate(split.data.column(col).to_pylist()):
+        for i, conversation in enumerate(column_values(split, col)):
             where = f"split {role!r} row {i}: column {col!r}"
             if not isinstance(conversation, list) or not conversation:
                 raise DataError(f"{where} is not a list of chat messages ({{role, content}} objects)")
@@ -441,6 +431,9 @@ class CausalLM:
 
     # ---------------------------------------------------------------------------------------------------------------
     # Generation
+
+    def check_predict_inputs(self, inputs: list[str]) -> None:
+        warn_image_paths(inputs)
 
     def predict_options(self, recipe: Recipe) -> dict[str, Any]:
         g = recipe.generation

@@ -182,6 +182,7 @@ class ImageClassification(ClassificationTask):
     auto_model = "AutoModelForImageClassification"
     # No PEFT task type: PEFT's typed wrappers feed `input_ids`; the plain PeftModel passes `pixel_values` through.
     peft_task_type = None
+    processor_kind = "image processor"
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoImageProcessor

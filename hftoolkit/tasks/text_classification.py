@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from hftoolkit.data import require_columns
 from hftoolkit.errors import DataError
 from hftoolkit.tasks._classification import LABELS, ClassificationTask
+from hftoolkit.tasks._text import check_texts, ensure_pad_token, warn_image_paths
 from hftoolkit.tasks.base import DataReport
 
 if TYPE_CHECKING:
@@ -49,11 +50,19 @@ class TextClassification(ClassificationTask):
     pipeline_tag = "text-classification"
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
+    processor_kind = "tokenizer"
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(ref, **kwargs)
+        # GPT-2 and many Llama-family tokenizers have no pad token; their *ForSequenceClassification heads read the
+        # last token that is not padding, found through config.pad_token_id (processor_model_kwargs below).
+        return ensure_pad_token(
+            AutoTokenizer.from_pretrained(ref, **kwargs), ref, "the classifier reads the last token before the padding"
+        )
+
+    def processor_model_kwargs(self, tokenizer: Any) -> dict[str, Any]:
+        return {"pad_token_id": tokenizer.pad_token_id}
 
     # ---------------------------------------------------------------------------------------------------------------
     # Checking columns and encoding labels on the raw splits
@@ -65,6 +74,8 @@ class TextClassification(ClassificationTask):
         for role, split in splits.items():
             require_columns(split, role, {"text": cols.text, "text_pair": cols.text_pair, "label": cols.label})
             report.columns[role] = list(split.column_names)
+        # On the raw splits, so a bad value is named by its row in the source (tokenize() sees only a batch).
+        check_texts(splits, [cols.text, cols.text_pair], report, allow_empty=recipe.dataset.allow_empty_text)
         return self.encode_labels(splits, recipe)
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -77,11 +88,7 @@ class TextClassification(ClassificationTask):
         text, pair, label = cols.text, cols.text_pair, cols.label
 
         def tokenize(batch: dict[str, list]) -> dict[str, list]:
-            for c in (text, pair):
-                if c is not None:
-                    for i, v in enumerate(batch[c]):
-                        if not isinstance(v, str):
-                            raise DataError(f"column {c!r}: value {v!r} is not text (row {i} of a batch)")
+            # Values are text: prepare() checked every row of the raw splits.
             enc = tokenizer(batch[text], batch[pair] if pair else None, truncation=True, max_length=max_length)
             out = dict(enc)
             out[LABELS] = batch[label]
@@ -133,6 +140,9 @@ class TextClassification(ClassificationTask):
 
     # ---------------------------------------------------------------------------------------------------------------
     # Prediction
+
+    def check_predict_inputs(self, inputs: list[str]) -> None:
+        warn_image_paths(inputs)
 
     def predict(self, model: Any, tokenizer: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
         import torch
