@@ -282,6 +282,10 @@ def load_model(task: Task, recipe: Recipe, labels: list[str] | None, dtype: Any 
         kwargs["use_safetensors"] = True
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if m.quantization is not None:
+        from hftoolkit.quantization import quantized_base
+
+        ref, kwargs = quantized_base(ref, recipe, kwargs)
     import pickle
 
     try:
@@ -343,8 +347,12 @@ def linear_names(model: Any) -> list[str]:
 def apply_lora(model: Any, task: Task, recipe: Recipe) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
+    from hftoolkit.quantization import is_quantized, prepare_for_training
+
     lora = recipe.lora
     head = lora.modules_to_save if lora.modules_to_save is not None else task.head_modules(model)
+    if is_quantized(model):
+        model = prepare_for_training(model, recipe)
     config = LoraConfig(
         # None = PEFT's generic model (image classification: the typed wrappers assume `input_ids`).
         task_type=getattr(TaskType, task.peft_task_type) if task.peft_task_type else None,
@@ -353,6 +361,9 @@ def apply_lora(model: Any, task: Task, recipe: Recipe) -> Any:
         lora_dropout=lora.dropout,
         target_modules=lora_targets(model, recipe),
         modules_to_save=head or None,
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
+        init_lora_weights=True if lora.init == "default" else lora.init,
     )
     return get_peft_model(model, config)
 
@@ -421,7 +432,12 @@ def _load_saved_model(task: Task, recipe: Recipe, model_dir: Path) -> Any:
     try:
         # A replaced head (model.replace_head) has another shape than the checkpoint's; the adapter restores it.
         extra = {"ignore_mismatched_sizes": True} if recipe.model.replace_head else {}
-        base = auto.from_pretrained(base_ref, config=config, **load_kwargs(recipe.model), **weight_kwargs(recipe.model), **extra)
+        kwargs = {**load_kwargs(recipe.model), **weight_kwargs(recipe.model), **extra}
+        if recipe.model.quantization is not None:  # trained on the quantized base, so reloaded onto one
+            from hftoolkit.quantization import quantized_base
+
+            base_ref, kwargs = quantized_base(base_ref, recipe, kwargs)
+        base = auto.from_pretrained(base_ref, config=config, **kwargs)
     except (OSError, ValueError) as e:
         raise explain_load_error(e, "base model", recipe.model) from e
     return PeftModel.from_pretrained(base, str(model_dir))

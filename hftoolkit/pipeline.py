@@ -210,8 +210,28 @@ def validate(recipe: Recipe, recipe_file: str | Path | None = None) -> list[str]
         f"precision {t.precision}, seed {t.seed}"
     )
     lines.append(f"metrics: {', '.join(metric_names)}")
+    lines += _tuning_lines(model, recipe, trainable)
     lines.append(f"writes: {run.path}/ (model/, checkpoints/, metrics.jsonl, train_results.json, manifest.json, ...)")
     return lines
+
+
+def _tuning_lines(model: Any, recipe: Recipe, trainable: int) -> list[str]:
+    """The objective (and its reference model) and the memory plan with and without quantization."""
+    from hftoolkit.quantization import memory_plan
+
+    t = recipe.training
+    lines = []
+    full_copy = t.objective == "dpo" and not recipe.lora.enabled
+    if t.objective != "sft":
+        trainer = {"dpo": "TRL DPOTrainer", "orpo": "TRL ORPOTrainer (trl.experimental)"}[t.objective]
+        detail = f"beta {t.beta:g}" + (f", loss {t.loss_type}" if t.loss_type else "")
+        lines.append(f"objective: {t.objective} through {trainer} ({detail}; TRL disables dropout)")
+        if t.objective == "dpo":
+            reference = "a frozen copy of the model, passed as ref_model (in the memory plan)" if full_copy else (
+                "the base with the adapter disabled (no second copy)"
+            )
+            lines.append(f"reference model: {reference}")
+    return lines + [memory_plan(model, recipe, trainable, reference_copy=full_copy)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -257,7 +277,13 @@ def finetune(
     # TrainingArguments first: it sets up the (possibly distributed) Accelerate state that main_process_first needs.
     prepare_worker_env()
     t = recipe.training
-    args = TrainingArguments(
+    args_class, objective_args = TrainingArguments, {}
+    if t.objective != "sft":
+        from hftoolkit.training.preference import config_for
+
+        args_class, objective_args = config_for(recipe)
+    args = args_class(
+        **objective_args,
         output_dir=str(run.checkpoints),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -324,6 +350,9 @@ def finetune(
     model = load_model(task, recipe, data.labels, processor=processor)
     if recipe.lora.enabled:
         model = apply_lora(model, task, recipe)
+    from hftoolkit.lora_variants import initial_adapter
+
+    initial = initial_adapter(model, recipe)  # PiSSA / OLoRA: the trained adapter is saved converted against it
     declare_mean_loss(model)
     trainable, total = count_parameters(model)
     log.info("model: trainable %s of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
@@ -375,17 +404,22 @@ def finetune(
     callbacks.append(stopper)
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    trainer = ResumableTrainer(
-        model=model,
-        args=args,
-        data_collator=task.collator(processor, recipe, on_gpu=torch.cuda.is_available()),
-        train_dataset=data.features["train"],
-        eval_dataset=data.features.get("validation"),  # also scored once after training, whatever eval_strategy says
-        processing_class=processor,
-        compute_metrics=task.metrics(recipe, data.labels),
-        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
-        callbacks=callbacks,
-    )
+    if t.objective != "sft":
+        from hftoolkit.training.preference import build_trainer, full_reference
+
+        trainer = build_trainer(recipe, model, args, data.features, processor, callbacks, full_reference(model, recipe))
+    else:
+        trainer = ResumableTrainer(
+            model=model,
+            args=args,
+            data_collator=task.collator(processor, recipe, on_gpu=torch.cuda.is_available()),
+            train_dataset=data.features["train"],
+            eval_dataset=data.features.get("validation"),  # also scored once after training, whatever eval_strategy says
+            processing_class=processor,
+            compute_metrics=task.metrics(recipe, data.labels),
+            preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+            callbacks=callbacks,
+        )
     if checkpoint is not None and is_main and "tensorboard" in t.report_to:
         _purge_tensorboard_after(trainer, run, checkpoint.step)
     try:
@@ -409,9 +443,17 @@ def finetune(
         )
 
     validation = trainer.evaluate() if "validation" in data.features else {}
+    if t.objective != "sft":
+        from hftoolkit.training.preference import drop_reference_adapter
+
+        drop_reference_adapter(trainer)  # only the trained adapter is saved
     # Every rank takes part: FSDP and DeepSpeed gather the weights collectively; Trainer writes on the main one only.
     trainer.save_model(str(run.model))
     if is_main:
+        if initial is not None:
+            from hftoolkit.lora_variants import save_converted
+
+            save_converted(trainer.model, run.model, initial)
         _save_model_extras(trainer.model, run.model)
         # Optional task hook, e.g. causal LM generating the recipe's prompts into samples.jsonl.
         train_artifacts = getattr(task, "write_train_artifacts", None)
@@ -539,30 +581,37 @@ def evaluate_run(
     features = data.features[split]
     fingerprint = _check_fingerprint(manifest, split, features._fingerprint, strict=strict)
 
-    with tempfile.TemporaryDirectory(prefix="hft-eval-") as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            per_device_eval_batch_size=batch_size or recipe.training.eval_batch_size or 2 * recipe.training.batch_size,
-            report_to="none",
-            remove_unused_columns=False,
-            label_names=["labels"],
-            bf16=choose_precision(recipe.training.precision) == "bf16",
-            use_cpu=choose_precision(recipe.training.precision) == "bf16" and not torch.cuda.is_available(),
-            dataloader_pin_memory=torch.cuda.is_available(),
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            data_collator=task.collator(processor, recipe, on_gpu=torch.cuda.is_available()),
-            preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
-        )
-        out = trainer.predict(features)
-    # Predictions are whatever the task's preprocess_logits_for_metrics returns (class ids, or a tuple of per-token
-    # arrays for causal LM): only the task's own metrics and artifacts read them, exactly as during training.
-    predictions, references = out.predictions, np.asarray(out.label_ids)
-    scores = task.metrics(recipe, data.labels)(EvalPrediction(predictions=predictions, label_ids=references))
-    if out.metrics.get("test_loss") is not None:
-        scores = {"loss": float(out.metrics["test_loss"]), **scores}
+    if recipe.training.objective != "sft":  # TRL's preference metrics, from TRL's own trainer
+        from hftoolkit.training.preference import evaluate_run_split
+
+        scores, predictions, references = evaluate_run_split(recipe, task, model, processor, features, batch_size), None, None
+        is_main = os.environ.get("RANK", "0") == "0"
+    else:
+        with tempfile.TemporaryDirectory(prefix="hft-eval-") as tmp:
+            args = TrainingArguments(
+                output_dir=tmp,
+                per_device_eval_batch_size=batch_size or recipe.training.eval_batch_size or 2 * recipe.training.batch_size,
+                report_to="none",
+                remove_unused_columns=False,
+                label_names=["labels"],
+                bf16=choose_precision(recipe.training.precision) == "bf16",
+                use_cpu=choose_precision(recipe.training.precision) == "bf16" and not torch.cuda.is_available(),
+                dataloader_pin_memory=torch.cuda.is_available(),
+            )
+            trainer = Trainer(
+                model=model,
+                args=args,
+                data_collator=task.collator(processor, recipe, on_gpu=torch.cuda.is_available()),
+                preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+            )
+            out = trainer.predict(features)
+        # Predictions are whatever the task's preprocess_logits_for_metrics returns (class ids, or a tuple of per-token
+        # arrays for causal LM): only the task's own metrics and artifacts read them, exactly as during training.
+        predictions, references = out.predictions, np.asarray(out.label_ids)
+        scores = task.metrics(recipe, data.labels)(EvalPrediction(predictions=predictions, label_ids=references))
+        if out.metrics.get("test_loss") is not None:
+            scores = {"loss": float(out.metrics["test_loss"]), **scores}
+        is_main = trainer.is_world_process_zero()
     results = {
         "split": split,
         "num_examples": int(len(features)),
@@ -573,7 +622,7 @@ def evaluate_run(
         "labels": data.labels,
         "data_fingerprint": fingerprint,
     }
-    if trainer.is_world_process_zero():
+    if is_main:
         results["artifacts"] = task.write_eval_artifacts(run.path, predictions, references, data.labels)
         write_json(run.eval_results, results)
     return results

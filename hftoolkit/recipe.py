@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # Unset is re-exported: callers build `--unset` items as hftoolkit.recipe.Unset(key).
 from hftoolkit.recipe_loading import Override, Unset, load_validated  # noqa: F401
+from hftoolkit.recipe_tuning import DpoLoss, LoraInit, Objective, QuantizationSection, fill_objective_defaults
+from hftoolkit.recipe_tuning import objective_problems, tuning_problems
 
 TaskName = Literal["text-classification", "causal-lm", "image-classification"]
 SplitRole = Literal["train", "validation", "test"]
@@ -59,6 +61,7 @@ class ModelSection(_Section):
     trust_remote_code: bool = Field(False, description="Run model code from the repo. Requires `revision` pinned to a commit sha.")
     allow_pickle: bool = Field(False, description="Allow loading pickle weights (pytorch_model.bin). Off: only safetensors load.")
     gguf_file: str | None = Field(None, description="Start from this GGUF file inside the model folder/repo (needs `pip install gguf`).")
+    quantization: QuantizationSection | None = Field(None, description="Load the base 4- or 8-bit (bitsandbytes) and train LoRA on it.")
     replace_head: bool = Field(
         False,
         description="The checkpoint already has a classification head with a different number of labels: replace it "
@@ -98,6 +101,8 @@ class Columns(_Section):
     messages: str | None = Field(None, description="Chat messages column: a list of {role, content} (SFT).")
     prompt: str | None = Field(None, description="Prompt column (SFT with prompt/response pairs).")
     response: str | None = Field(None, description="Response column (SFT with prompt/response pairs).")
+    chosen: str | None = Field(None, description="Preferred completion (DPO/ORPO): text or assistant messages.")
+    rejected: str | None = Field(None, description="Dispreferred completion (DPO/ORPO), same kind as chosen.")
 
     @model_validator(mode="after")
     def _one_column_per_role(self) -> Columns:
@@ -146,6 +151,7 @@ class DatasetSection(_Section):
         256, ge=8, description="Truncate token sequences to this length (causal LM with batching: blocks: the length of every block)."
     )
     skip_bad_images: bool = Field(False, description="Skip images that fail to decode (counted in the data report).")
+    skip_bad_pairs: bool = Field(False, description="Drop bad preference pairs (empty, identical, differing prompts), counted.")
     allow_empty_text: bool = Field(
         False,
         description="Train on empty or whitespace-only texts (counted in the data report either way; refused unless "
@@ -219,6 +225,9 @@ class LoraSection(_Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     target_modules: list[str] | None = Field(None, description="Modules to adapt; chosen per architecture when not given.")
     modules_to_save: list[str] | None = Field(None, description="Modules trained fully and saved with the adapter; the task's head by default.")
+    use_dora: bool = Field(False, description="DoRA (PEFT use_dora): weight-decomposed LoRA.")
+    use_rslora: bool = Field(False, description="rsLoRA (PEFT use_rslora): scale by alpha/sqrt(r) instead of alpha/r.")
+    init: LoraInit = Field("default", description="PEFT init_lora_weights; pissa/olora rewrite the base and are saved converted.")
 
     @field_validator("target_modules", "modules_to_save")
     @classmethod
@@ -227,6 +236,10 @@ class LoraSection(_Section):
 
 
 class TrainingSection(_Section):
+    objective: Objective = Field("sft", description="sft, or preference tuning through TRL: dpo (DPOTrainer) or orpo.")
+    beta: float | None = Field(None, gt=0, description="DPO/ORPO beta (default per objective).")
+    loss_type: DpoLoss | None = Field(None, description="DPO loss (TRL DPOConfig.loss_type; default sigmoid).")
+    _objective_defaults = model_validator(mode="before")(fill_objective_defaults)
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(16, ge=1, description="Per-device train batch size.")
@@ -279,6 +292,7 @@ class TrainingSection(_Section):
                 problems.append("metric_for_best_model needs evaluation during training (eval_strategy epoch or steps)")
             elif self.save_strategy != self.eval_strategy:
                 problems.append("metric_for_best_model needs save_strategy equal to eval_strategy (the best checkpoint must be saved)")
+        problems += objective_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -338,7 +352,7 @@ class Recipe(_Section):
         allowed = {
             "text-classification": {"text", "text_pair", "label"},
             "image-classification": {"image", "label"},
-            "causal-lm": {"text", "messages", "prompt", "response"},
+            "causal-lm": {"text", "messages", "prompt", "response", "chosen", "rejected"},
         }[self.task]
         given = {k for k, v in self.dataset.columns.model_dump().items() if v is not None}
         extra = sorted(given - allowed)
@@ -360,6 +374,8 @@ class Recipe(_Section):
             if self.generation != GenerationSection():
                 raise ValueError(f"generation is for task causal-lm; {self.task} generates no text")
             return self
+        if self.training.objective != "sft":
+            return self  # preference pairs: _tuning
         c = ds.columns
         kinds = [k for k, on in (("text", c.text), ("messages", c.messages), ("prompt/response", c.prompt or c.response)) if on]
         if len(kinds) != 1:
@@ -374,6 +390,13 @@ class Recipe(_Section):
             raise ValueError("dataset.batching blocks cuts plain text (columns.text) into blocks; chat data uses padded or packed")
         if ds.end_of_turn_token is not None and c.text is not None:
             raise ValueError("dataset.end_of_turn_token is for chat data (messages or prompt/response), not plain text")
+        return self
+
+    @model_validator(mode="after")
+    def _tuning(self) -> Recipe:
+        problems = tuning_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")

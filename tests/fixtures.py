@@ -326,3 +326,23 @@ def image_cls_recipe(path: Path, model_path: Path, data_dir: Path, output_dir: P
             recipe[key] = value
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def lm_preference_data(out: Path, sizes: dict[str, int] | None = None, seed: int = 0, chat: bool = True) -> dict[str, Path]:
+    """Preference jsonl splits (`prompt`, `chosen`, `rejected`): the chosen reply always starts "Yes.", the rejected
+    one "No.", so a few DPO steps can learn the preference. Conversational turns by default, plain strings otherwise."""
+    rng = random.Random(seed)
+    sizes = sizes or {"train": 48, "validation": 16, "test": 16}
+
+    def row() -> dict:
+        prompt, tail = _sentence(rng, rng.randint(3, 8)), _sentence(rng, rng.randint(2, 6))
+        chosen, rejected = f"Yes. {tail}", f"No. {_sentence(rng, rng.randint(2, 6))}"
+        if not chat:
+            return {"prompt": f"Q: {prompt}\nA:", "chosen": f" {chosen}", "rejected": f" {rejected}"}
+        return {
+            "prompt": [{"role": "user", "content": prompt}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
+
+    return {s: write_jsonl(out / f"{s}.jsonl", [row() for _ in range(n)]) for s, n in sizes.items()}

@@ -100,6 +100,12 @@ def pack_rows(examples: list[dict], capacity: int, pad_id: int, multiple_of: int
     }
 
 
+def _chat_mode(options: dict[str, Any], tokenizer: Any) -> bool:
+    """Whether prompts are user messages: as the options say, or (None) when the tokenizer has a chat template."""
+    chat = options.get("chat")
+    return bool(getattr(tokenizer, "chat_template", None)) if chat is None else bool(chat)
+
+
 class ChatFormat:
     """Renders conversations with the tokenizer's chat template and finds the characters of each assistant reply.
 
@@ -176,6 +182,10 @@ class CausalLM:
     # Checking the raw splits
 
     def prepare(self, splits: dict[str, Dataset], recipe: Recipe, report: DataReport) -> None:
+        if recipe.training.objective != "sft":  # DPO / ORPO pairs (TRL tokenizes them)
+            from hftoolkit.tasks._preference import check_pairs
+
+            return check_pairs(splits, recipe, report)
         c = recipe.dataset.columns
         wanted = {"text": c.text, "messages": c.messages, "prompt": c.prompt, "response": c.response}
         for role, split in splits.items():
@@ -237,6 +247,13 @@ class CausalLM:
             )
 
     def preprocess(self, splits: dict[str, Dataset], recipe: Recipe, tokenizer: Any, report: DataReport) -> dict[str, Dataset]:
+        if recipe.training.objective != "sft":
+            from hftoolkit.tasks._preference import build_features
+
+            def end_of_turn(tok: Any) -> None:
+                self.check_end_of_turn(ChatFormat(tok, recipe.model.name), recipe)
+
+            return build_features(splits, recipe, tokenizer, report, end_of_turn)
         ds = recipe.dataset
         c = ds.columns
         chat = None
@@ -440,7 +457,8 @@ class CausalLM:
         return {
             "max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample, "temperature": g.temperature, "top_p": g.top_p,
             # A run trained on chat data answers user messages; one trained on plain text continues the input.
-            "chat": recipe.dataset.columns.text is None,
+            # Preference pairs may be either: chat when the tokenizer has a chat template (None: predict decides).
+            "chat": recipe.dataset.columns.text is None if recipe.training.objective == "sft" else None,
         }
 
     def predict(self, model: Any, tokenizer: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -449,7 +467,7 @@ class CausalLM:
         import torch
         from transformers import GenerationConfig
 
-        chat = bool(options.get("chat"))
+        chat = _chat_mode(options, tokenizer)
         do_sample = bool(options.get("do_sample", False))
         # A complete config: the base checkpoint's own generation defaults (e.g. a repetition penalty) do not leak in.
         config = GenerationConfig(
@@ -494,7 +512,8 @@ class CausalLM:
         transformers.set_seed(recipe.training.seed)
         options = self.predict_options(recipe)
         results = self.predict(model, tokenizer, prompts, options)
-        settings = {k: options[k] for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "chat")}
+        settings = {k: options[k] for k in ("max_new_tokens", "do_sample", "temperature", "top_p")}
+        settings["chat"] = _chat_mode(options, tokenizer)
         lines = [
             json.dumps({"prompt": r["input"], "generated_text": r["generated_text"], **settings}, ensure_ascii=False)
             for r in results
