@@ -32,6 +32,8 @@ TASK_TITLES = {
     "image-classification": "Image Classification",
     "text-generation": "Text Generation",
 }
+# The trainer each objective trains with (what the card says the model was trained with).
+TRAINERS = {"sft": "the transformers `Trainer`", "dpo": "TRL's `DPOTrainer`", "orpo": "TRL's `ORPOTrainer`"}
 # Scores hft reports that are not metrics in the model-index sense.
 NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch")
 
@@ -247,11 +249,30 @@ def _hyperparameters(inputs: CardInputs) -> list[tuple[str, Any]]:
             ("LoRA target modules", sorted(inputs.lora_targets or lora.get("target_modules") or []) or "PEFT default"),
             ("modules trained fully (saved with the adapter)", lora.get("modules_to_save") or "the task head"),
         ]
+    hyper += tuning_hyperparameters(recipe)
     params = manifest.get("parameters") or {}
     if params.get("total"):
         share = 100 * params["trainable"] / params["total"]
         hyper.append(("trainable parameters", f"{params['trainable']:,} of {params['total']:,} ({share:.2f}%)"))
     return [(k, v) for k, v in hyper if v is not None]
+
+
+def tuning_hyperparameters(recipe: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Objective, quantized base and LoRA variant rows, present only when the run used them (SFT cards unchanged)."""
+    train, lora, quant = recipe.get("training", {}), recipe.get("lora", {}), recipe.get("model", {}).get("quantization")
+    rows: list[tuple[str, Any]] = []
+    if train.get("objective", "sft") != "sft":
+        rows += [("objective", f"{train['objective']} ({TRAINERS[train['objective']]})"), ("beta", train.get("beta"))]
+        rows += [("DPO loss", train.get("loss_type"))] if train.get("loss_type") else []
+    if quant:
+        kind = f"{quant['bits']}-bit" + (f" {quant['type']}{', double quantization' if quant['double_quant'] else ''}"
+                                         if quant["bits"] == 4 else " (LLM.int8)")
+        rows.append(("base model loaded", f"{kind} through bitsandbytes, compute dtype {quant['compute_dtype']}"))
+    if lora.get("enabled"):
+        rows += [(name, True) for name, key in (("DoRA", "use_dora"), ("rsLoRA", "use_rslora")) if lora.get(key)]
+        if lora.get("init", "default") != "default":
+            rows.append(("LoRA init", lora["init"]))
+    return rows
 
 
 def _limitations(inputs: CardInputs, ds: dict[str, Any], labels: list[str], truncated: dict[str, float]) -> list[str]:
@@ -282,6 +303,17 @@ def _limitations(inputs: CardInputs, ds: dict[str, Any], labels: list[str], trun
             "before publishing); the adapter itself is not in this repo."
         )
     return limitations
+
+
+def _quantized(recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """How the card's code loads the base the adapter was trained on (BitsAndBytesConfig arguments), if quantized."""
+    q = recipe.get("model", {}).get("quantization")
+    if not q:
+        return None
+    if q["bits"] == 8:
+        return {"bits": 8, "args": "load_in_8bit=True"}
+    args = f'load_in_4bit=True, bnb_4bit_quant_type="{q["type"]}", bnb_4bit_use_double_quant={q["double_quant"]}'
+    return {"bits": 4, "args": args}
 
 
 def _dataset_shown(ds: dict[str, Any]) -> dict[str, Any]:
@@ -337,6 +369,8 @@ def _context(inputs: CardInputs) -> dict[str, Any]:
         "eval_rows": [(md_text(name), value) for name, value in _metric_rows(ev.get("metrics") or {})],
         "versions": sorted((md_text(k), md_text(v)) for k, v in versions.items()),
         "has_loss_curve": inputs.has_loss_curve,
+        "trainer": TRAINERS[recipe.get("training", {}).get("objective", "sft")],
+        "quantized": _quantized(recipe),
         "recipe_yaml": inputs.recipe_yaml.rstrip("\n"),
         "recipe_fence": code_fence(inputs.recipe_yaml),
         "limitations": [md_text(item) for item in _limitations(inputs, ds, labels, truncated)],

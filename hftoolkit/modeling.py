@@ -388,11 +388,12 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def load_trained(task: Task, recipe: Recipe, model_dir: Path) -> tuple[Any, Any]:
+def load_trained(task: Task, recipe: Recipe, model_dir: Path, *, dequantize: bool = False) -> tuple[Any, Any]:
     """Model and processor as a run saved them: base + adapter (with head) for LoRA runs, full weights otherwise.
 
     A damaged saved file (cut short by a full disk, edited by hand) is named in one line instead of a traceback:
     every JSON and safetensors file is checked up front, and loader errors of those kinds are caught by type.
+    `dequantize`: a quantized base is turned into plain layers (its compute dtype) before the adapter goes on.
     """
     import json
 
@@ -407,7 +408,7 @@ def load_trained(task: Task, recipe: Recipe, model_dir: Path) -> tuple[Any, Any]
         raise ModelError(f"{bad[0]}: {bad[1]}; re-run `hft finetune` or restore the file")
     try:
         processor = task.load_processor(str(model_dir), {})
-        model = _load_saved_model(task, recipe, model_dir)
+        model = _load_saved_model(task, recipe, model_dir, dequantize)
     except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as e:  # ValueError: config without model_type
         first = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
         raise ModelError(
@@ -418,7 +419,7 @@ def load_trained(task: Task, recipe: Recipe, model_dir: Path) -> tuple[Any, Any]
     return model, processor
 
 
-def _load_saved_model(task: Task, recipe: Recipe, model_dir: Path) -> Any:
+def _load_saved_model(task: Task, recipe: Recipe, model_dir: Path, dequantize: bool = False) -> Any:
     import transformers
 
     auto = getattr(transformers, task.auto_model)
@@ -437,7 +438,11 @@ def _load_saved_model(task: Task, recipe: Recipe, model_dir: Path) -> Any:
             from hftoolkit.quantization import quantized_base
 
             base_ref, kwargs = quantized_base(base_ref, recipe, kwargs)
+            # The saved config records the training load's settings; the recipe's (in kwargs) are what loads now.
+            vars(config).pop("quantization_config", None)
         base = auto.from_pretrained(base_ref, config=config, **kwargs)
+        if dequantize and recipe.model.quantization is not None:
+            base = base.dequantize()
     except (OSError, ValueError) as e:
         raise explain_load_error(e, "base model", recipe.model) from e
     return PeftModel.from_pretrained(base, str(model_dir))

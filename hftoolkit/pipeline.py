@@ -209,7 +209,8 @@ def validate(recipe: Recipe, recipe_file: str | Path | None = None) -> list[str]
         f"{t.gradient_accumulation_steps} per device, {t.epochs:g} epochs{', max_steps ' + str(t.max_steps) if t.max_steps else ''}), "
         f"precision {t.precision}, seed {t.seed}"
     )
-    lines.append(f"metrics: {', '.join(metric_names)}")
+    if t.objective == "sft":
+        lines.append(f"metrics: {', '.join(metric_names)}")
     lines += _tuning_lines(model, recipe, trainable)
     lines.append(f"writes: {run.path}/ (model/, checkpoints/, metrics.jsonl, train_results.json, manifest.json, ...)")
     return lines
@@ -226,6 +227,7 @@ def _tuning_lines(model: Any, recipe: Recipe, trainable: int) -> list[str]:
         trainer = {"dpo": "TRL DPOTrainer", "orpo": "TRL ORPOTrainer (trl.experimental)"}[t.objective]
         detail = f"beta {t.beta:g}" + (f", loss {t.loss_type}" if t.loss_type else "")
         lines.append(f"objective: {t.objective} through {trainer} ({detail}; TRL disables dropout)")
+        lines.append("metrics: TRL's rewards/accuracies, rewards/margins, logps/chosen, logps/rejected (and the rest it logs)")
         if t.objective == "dpo":
             reference = "a frozen copy of the model, passed as ref_model (in the memory plan)" if full_copy else (
                 "the base with the adapter disabled (no second copy)"

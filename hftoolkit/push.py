@@ -68,6 +68,7 @@ RUN_FILES = ("README.md", "eval_results.json", "recipe.resolved.yaml", "manifest
 PLACEHOLDER_LABEL = re.compile(r"^LABEL_\d+$")
 # float32 logits of merged weights vs base + adapter differ by summation order only; lower precisions by far more.
 MERGE_ATOL = {"float32": 1e-4, "float64": 1e-6, "bfloat16": 5e-2, "float16": 1e-2}
+VERIFY_ATOL = 1e-4
 PROBE_TEXTS = (
     "The delivery was fast and the product works perfectly.",
     "It broke after two days and support never answered.",
@@ -613,9 +614,19 @@ def merge_adapter(facts: RunFacts, out_dir: Path) -> str:
 
     model, processor = load_trained(facts.task, facts.recipe, facts.run.model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    atol = MERGE_ATOL.get(dtype, 1e-2)
+    atol, base = MERGE_ATOL.get(dtype, 1e-2), ""
     probe = probe_inputs(facts.task, processor, model, facts.recipe.dataset.max_length)
     before = logits(model, probe)
+    quantized = facts.recipe.model.quantization
+    if quantized is not None:
+        from hftoolkit.quantization import MERGE_ATOL as QUANTIZED_ATOL
+
+        # PEFT would re-quantize merged 4/8-bit layers; the published weights are the base dequantized + the adapter.
+        model, _ = load_trained(facts.task, facts.recipe, facts.run.model, dequantize=True)
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        atol, base = QUANTIZED_ATOL[quantized.bits], f" (the {quantized.bits}-bit base dequantized to {dtype})"
+        log.warning("--merge: the adapter was trained on a %d-bit base; merging it into that base dequantized to %s "
+                    "(a looser logit check: %g)", quantized.bits, dtype, atol)
     merged = model.merge_and_unload()
     after = logits(merged, probe)
     ok, diff = compare_logits(before, after, atol)
@@ -626,7 +637,18 @@ def merge_adapter(facts: RunFacts, out_dir: Path) -> str:
         )
     merged.save_pretrained(str(out_dir))
     processor.save_pretrained(str(out_dir))
-    return f"merged logits match the adapter's on {len(probe)} inputs (max |diff| {diff:.1e}, allowed {atol:g} in {dtype})"
+    return f"merged logits{base} match the adapter's on {len(probe)} inputs (max |diff| {diff:.1e}, allowed {atol:g} in {dtype})"
+
+
+def verify_atol(facts: RunFacts) -> float:
+    """How far the downloaded model may predict from the local run: a merged QLoRA run was merged into dequantized
+    weights (quantization.MERGE_ATOL); anything else is the same weights."""
+    quantized = facts.recipe.model.quantization
+    if facts.kind == "merged" and quantized is not None:
+        from hftoolkit.quantization import MERGE_ATOL as QUANTIZED_ATOL
+
+        return QUANTIZED_ATOL[quantized.bits]
+    return VERIFY_ATOL
 
 
 def verify_push(facts: RunFacts, repo_id: str, commit: str, uploads: list[Upload]) -> list[str]:
@@ -648,7 +670,7 @@ def verify_push(facts: RunFacts, repo_id: str, commit: str, uploads: list[Upload
         max_length = facts.recipe.dataset.max_length
         probe = probe_inputs(facts.task, processor, local, max_length)
         remote_probe = probe_inputs(facts.task, remote_processor, remote, max_length)
-        atol = 1e-4
+        atol = verify_atol(facts)
         ok, diff = compare_logits(logits(local, probe), logits(remote, remote_probe), atol)
         if not ok:
             raise PushError(

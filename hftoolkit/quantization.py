@@ -88,7 +88,10 @@ def check_quantized(model: Any, recipe: Recipe) -> None:
     import bitsandbytes as bnb
 
     kinds = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
-    if not any(isinstance(module, kinds) for module in model.modules()):
+    layers = sum(isinstance(module, kinds) for module in model.modules())
+    q = recipe.model.quantization
+    log.info("model.quantization: %d linear layers loaded %d-bit through bitsandbytes", layers, q.bits)
+    if not layers:
         raise ModelError(
             f"model.quantization: bitsandbytes quantized no layer of {recipe.model.name!r} (model type "
             f"{model.config.model_type!r}: it has no linear layers bitsandbytes handles); remove model.quantization"
@@ -190,6 +193,6 @@ def memory_plan(model: Any, recipe: Recipe, trainable: int, reference_copy: bool
     if recipe.lora.enabled:
         plans.update({f"{bits}-bit": weight_bytes(model, bits, double_quant) + state for bits in (8, 4)})
     chosen = f"{q.bits}-bit" if q is not None else "not quantized"
-    shown = ", ".join(f"{name} {size / mb:,.1f} MB{' (this recipe)' if name == chosen else ''}" for name, size in plans.items())
+    shown = ", ".join(f"{name} {size / mb:,.3g} MB{' (this recipe)' if name == chosen else ''}" for name, size in plans.items())
     extra = " and the frozen reference copy DPO needs" if reference_copy else ""
     return f"memory plan (weights, trainable parameters' gradients and Adam state{extra}; activations not counted): {shown}"

@@ -111,6 +111,12 @@ def tuning_problems(recipe: Recipe) -> list[str]:
             )
         if recipe.lora.init in BASE_REWRITING_INITS:
             problems.append(f"lora.init {recipe.lora.init} rewrites the base weights, which a quantized base cannot hold")
-    if recipe.dataset.skip_bad_pairs and recipe.training.objective not in PREFERENCE_OBJECTIVES:
+    preference = recipe.training.objective in PREFERENCE_OBJECTIVES
+    if recipe.dataset.skip_bad_pairs and not preference:
         problems.append("dataset.skip_bad_pairs is for preference pairs (training.objective dpo or orpo)")
+    if preference and recipe.evaluation.metrics is not None:
+        problems.append(
+            f"evaluation.metrics is not used with training.objective {recipe.training.objective}: TRL's own preference "
+            "metrics (rewards/accuracies, rewards/margins, logps/...) are reported; remove it"
+        )
     return problems
