@@ -374,7 +374,7 @@ class Recipe(_Section):
             if self.generation != GenerationSection():
                 raise ValueError(f"generation is for task causal-lm; {self.task} generates no text")
             return self
-        if self.training.objective != "sft":
+        if self.training.objective != "sft" or ds.columns.chosen or ds.columns.rejected:
             return self  # preference pairs: _tuning
         c = ds.columns
         kinds = [k for k, on in (("text", c.text), ("messages", c.messages), ("prompt/response", c.prompt or c.response)) if on]
