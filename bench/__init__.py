@@ -12,4 +12,7 @@ SCENARIOS = {
     "startup": "startup",
     "preprocess": "preprocess",
     "lora-memory": "lora_memory",
+    "qlora-memory": "qlora_memory",
+    "dpo-overhead": "dpo_overhead",
+    "preference-defaults": "preference_defaults",
 }

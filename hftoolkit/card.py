@@ -33,7 +33,7 @@ TASK_TITLES = {
     "text-generation": "Text Generation",
 }
 # The trainer each objective trains with (what the card says the model was trained with).
-TRAINERS = {"sft": "the transformers `Trainer`", "dpo": "TRL's `DPOTrainer`", "orpo": "TRL's `ORPOTrainer`"}
+TRAINERS = {"sft": ("the transformers", "Trainer"), "dpo": ("TRL's", "DPOTrainer"), "orpo": ("TRL's", "ORPOTrainer")}
 # Scores hft reports that are not metrics in the model-index sense.
 NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch")
 
@@ -262,7 +262,7 @@ def tuning_hyperparameters(recipe: dict[str, Any]) -> list[tuple[str, Any]]:
     train, lora, quant = recipe.get("training", {}), recipe.get("lora", {}), recipe.get("model", {}).get("quantization")
     rows: list[tuple[str, Any]] = []
     if train.get("objective", "sft") != "sft":
-        rows += [("objective", f"{train['objective']} ({TRAINERS[train['objective']]})"), ("beta", train.get("beta"))]
+        rows += [("objective", f"{train['objective']} (TRL {TRAINERS[train['objective']][1]})"), ("beta", train.get("beta"))]
         rows += [("DPO loss", train.get("loss_type"))] if train.get("loss_type") else []
     if quant:
         kind = f"{quant['bits']}-bit" + (f" {quant['type']}{', double quantization' if quant['double_quant'] else ''}"
@@ -369,7 +369,7 @@ def _context(inputs: CardInputs) -> dict[str, Any]:
         "eval_rows": [(md_text(name), value) for name, value in _metric_rows(ev.get("metrics") or {})],
         "versions": sorted((md_text(k), md_text(v)) for k, v in versions.items()),
         "has_loss_curve": inputs.has_loss_curve,
-        "trainer": TRAINERS[recipe.get("training", {}).get("objective", "sft")],
+        "trainer": "{} `{}`".format(*TRAINERS[recipe.get("training", {}).get("objective", "sft")]),
         "quantized": _quantized(recipe),
         "recipe_yaml": inputs.recipe_yaml.rstrip("\n"),
         "recipe_fence": code_fence(inputs.recipe_yaml),

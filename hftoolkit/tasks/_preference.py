@@ -19,11 +19,12 @@ sampler: TRL tokenizes them itself, so training sees exactly what TRL's trainers
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from hftoolkit.data import column_values, require_columns
-from hftoolkit.errors import DataError
+from hftoolkit.errors import DataError, HftError
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
     from hftoolkit.recipe import Recipe
     from hftoolkit.tasks.base import DataReport
 
+log = logging.getLogger("hftoolkit")
 ROLES = ("prompt", "chosen", "rejected")
+TESTED_TRL = ">=1.16,<1.17"  # pyproject's `preference` extra; ORPO lives in trl.experimental, which moves
 CHAT_ROLES = ("system", "user", "assistant")
 # Tokens a pair's prompt must leave free within max_length: the BOS token ORPO may prepend, and one completion token.
 RESERVED_TOKENS = 2
@@ -114,8 +117,25 @@ def _is_chat(split: Dataset, columns: dict[str, str | None]) -> bool:
     return isinstance(first, list)
 
 
+def require_trl(objective: str) -> None:
+    """TRL is an extra: say how to get it, and warn when the installed version is not the tested one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.specifiers import SpecifierSet
+
+    try:
+        installed = version("trl")
+    except PackageNotFoundError:
+        raise HftError(
+            f"training.objective {objective} trains through TRL, which is not installed; pip install 'hftoolkit[preference]'"
+        ) from None
+    if installed not in SpecifierSet(TESTED_TRL):
+        log.warning("TRL %s is installed; hft's preference tuning is tested with trl%s", installed, TESTED_TRL)
+
+
 def check_pairs(splits: dict[str, Dataset], recipe: Recipe, report: DataReport) -> None:
     """Check every row of the raw splits (row numbers are the source's); drop bad pairs when the recipe asks."""
+    require_trl(recipe.training.objective)
     columns = _columns(recipe)
     for role, split in list(splits.items()):
         require_columns(split, role, columns)
