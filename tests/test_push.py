@@ -354,8 +354,9 @@ def dpo_trained(hub, tmp_path_factory):
                   "report_to": ["none"], "save_strategy": "no"},
     )
     hft(hub.server, "finetune", recipe)
-    evaluated = hft(hub.server, "evaluate", tmp / "run")
-    return SimpleNamespace(run=tmp / "run", metrics=printed_metrics(evaluated.stdout))
+    hft(hub.server, "evaluate", tmp / "run")
+    scored = json.loads((tmp / "run" / "eval_results.json").read_text())["metrics"]
+    return SimpleNamespace(run=tmp / "run", metrics={k: f"{v:.4f}" for k, v in scored.items()})
 
 
 @pytest.mark.slow
