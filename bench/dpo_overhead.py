@@ -77,8 +77,8 @@ def _run_trl(config: dict[str, Any], run_dir: Path) -> None:
 def _run_hft(config: dict[str, Any], run_dir: Path) -> None:
     import yaml
 
-    from hftoolkit.pipeline import finetune
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.commands.finetune import finetune
+    from hftoolkit.recipe.schema import load_recipe
 
     recipe = {
         "task": "causal-lm",

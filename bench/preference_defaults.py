@@ -73,8 +73,8 @@ def plan(args: Any, out: Path) -> Plan:
 def run_variant(variant: str, config: dict[str, Any], probe: Any) -> dict[str, Any]:
     import yaml
 
-    from hftoolkit.pipeline import finetune
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.commands.finetune import finetune
+    from hftoolkit.recipe.schema import load_recipe
 
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", "bench-run"))
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -63,8 +63,8 @@ def run_variant(variant: str, config: dict[str, Any], probe: Any) -> dict[str, A
     import yaml
 
     from bench.probe import rss_mb
-    from hftoolkit.pipeline import finetune
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.commands.finetune import finetune
+    from hftoolkit.recipe.schema import load_recipe
 
     probe.install()
     after_imports = rss_mb()

@@ -19,34 +19,16 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from hftoolkit.data_scan import file_problem
 from hftoolkit.errors import DataError, HubOfflineError
+from hftoolkit.refs import dataset_path, hub_offline, offline_hint
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
-    from hftoolkit.recipe import DatasetSection
+    from hftoolkit.recipe.schema import DatasetSection
 
 log = logging.getLogger("hftoolkit")
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 FOLDER_SCAN_LIMIT = 10_000  # entries of a local dataset folder looked at for symlinks and for a file that broke loading
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
-
-
-def looks_like_path(ref: str) -> bool:
-    """A reference that can only be a local path (a Hub id is `name` or `org/name`)."""
-    return ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1
-
-
-def local_path(ref: str) -> Path | None:
-    """The local folder/file `ref` names, or None when it is a Hub id. A path-like ref that does not exist is an error."""
-    p = Path(ref).expanduser()
-    if p.exists():
-        return p
-    if looks_like_path(ref):
-        raise DataError(f"dataset path {ref!r} does not exist (resolved to {p.resolve()})")
-    return None
 
 
 @dataclass
@@ -72,7 +54,7 @@ def load_raw(ds: DatasetSection) -> tuple[DatasetDict, DataSource]:
     if ds.files is not None:
         return _load_files(ds.files, ds.text_sample_by)
     assert ds.name is not None
-    path = local_path(ds.name)
+    path = dataset_path(ds.name)
     kwargs: dict[str, Any] = {"revision": ds.revision} if ds.revision else {}
     if path is not None and path.is_file():
         fmt = _FORMATS.get(path.suffix.lower())
@@ -266,15 +248,37 @@ def _folder_file_problem(folder: Path) -> DataError | None:
 
 
 def _explain_load_error(e: Exception, ds: DatasetSection) -> Exception:
+    """datasets' failure as one line, by exception type (the Hub error behind it, when there is one)."""
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
     text = f"{type(e).__name__}: {e}"
-    if hub_offline() or "offline" in text.lower() or "connect" in text.lower():
+    causes = _causes(e)
+    if any(isinstance(c, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError)) for c in causes) or (
+        isinstance(e, DatasetNotFoundError) and hub_offline()
+    ):
         return HubOfflineError(
-            f"dataset {ds.name!r} is not a local path and is not in the local cache, and the Hub is unreachable "
-            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); use a local folder or files, or go online once to cache it"
+            f"dataset {ds.name!r} is not a local path and is not in the local cache, and the Hub cannot be used "
+            f"({offline_hint()}); use a local folder or files, or go online once to cache it"
         )
-    if "config" in text.lower() and ds.config is None and "available" in text.lower():
-        return DataError(f"dataset {ds.name!r} has several configurations; set dataset.config ({e})")
+    if any(isinstance(c, GatedRepoError) for c in causes):
+        return DataError(f"dataset {ds.name!r} is a gated repo: request access on the Hub, then log in (hf auth login)")
+    if isinstance(e, DatasetNotFoundError):
+        return DataError(f"dataset {ds.name!r} was not found locally or on the Hub (check the name and token): {e}")
+    if isinstance(e, ValueError) and ds.config is None:
+        # datasets raises a plain ValueError for a missing configuration name, among others: the hint is offered,
+        # with datasets' own message saying which it was.
+        return DataError(f"cannot load dataset {ds.name!r}: {text}; if it has several configurations, set dataset.config")
     return DataError(f"cannot load dataset {ds.name!r}: {text}")
+
+
+def _causes(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    seen: BaseException | None = e
+    while seen is not None and seen not in out:
+        out.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return out
 
 
 def _resolved_commit(raw: DatasetDict) -> str | None:

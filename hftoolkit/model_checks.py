@@ -4,19 +4,22 @@
 - A local folder without tokenizer (or image processor) files is refused: transformers 5 would build an empty
   placeholder tokenizer from the config alone, and the model would learn from a handful of special tokens.
 - `dataset.max_length` above the model's position limit crashes inside the embeddings at the first step.
-Only the config is read; no weights are loaded.
+- A folder with only pickle weights, a symlink leading out of it, or a tokenizer config whose `*_file` entry points
+  outside it is refused before anything is loaded from it.
+Only the config is read; no weights are loaded (modeling.check_model reads it and calls these). Light imports only.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hftoolkit.errors import ModelError
-from hftoolkit.modeling import PICKLE_SUFFIXES, load_config, resolve_ref
+from hftoolkit.safety import PICKLE_SUFFIXES
 
 if TYPE_CHECKING:
-    from hftoolkit.recipe import ModelSection, Recipe
+    from hftoolkit.recipe.schema import ModelSection, Recipe
     from hftoolkit.tasks.base import Task
 
 # Each entry is a set of files that together let transformers build the processor (any one entry is enough).
@@ -39,15 +42,6 @@ POSITION_ATTRS = ("max_position_embeddings", "n_positions")
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "xlm-roberta-xl": 2, "data2vec-text": 2}
 
 
-def check_model(task: Task, recipe: Recipe) -> Any:
-    """Weights present, max_length within the position limit; returns the model config (read, nothing loaded)."""
-    ref = resolve_ref(recipe.model)
-    check_weights_present(ref, recipe.model)
-    config = load_config(recipe.model)
-    check_max_length(config, task, recipe)
-    return config
-
-
 def check_weights_present(ref: str, model: ModelSection) -> None:
     """A local model folder must hold weights (pickle-only folders are refused by check_local_weights)."""
     folder = Path(ref)
@@ -67,7 +61,7 @@ def check_processor_files(ref: str, task: Task, model: ModelSection) -> None:
     folder = Path(ref)
     if not folder.is_dir() or model.gguf_file:  # a GGUF file carries its own tokenizer
         return
-    kind = getattr(task, "processor_kind", "tokenizer")
+    kind = task.processor_kind
     present = {p.name for p in folder.iterdir()}
     needs = PROCESSOR_FILES[kind]
     if any(all(f in present for f in group) for group in needs):
@@ -91,7 +85,7 @@ def position_limit(config: Any) -> tuple[str, int, int] | None:
 
 
 def check_max_length(config: Any, task: Task, recipe: Recipe) -> None:
-    if getattr(task, "processor_kind", "tokenizer") != "tokenizer":
+    if task.processor_kind != "tokenizer":
         return  # images: dataset.max_length does not apply
     found = position_limit(config)
     if found is None:
@@ -104,3 +98,83 @@ def check_max_length(config: Any, task: Task, recipe: Recipe) -> None:
             f"dataset.max_length is {wanted} but model {recipe.model.name!r} takes at most {usable} tokens "
             f"({attr} = {value} in its config{extra}); set dataset.max_length to {usable} or less"
         )
+
+
+def check_local_weights(ref: str, model: ModelSection) -> None:
+    """A local folder with a symlink leaving it, or with only pickle weights, is refused before anything is loaded."""
+    folder = Path(ref)
+    check_model_folder(folder)
+    if not folder.is_dir() or model.allow_pickle or model.gguf_file:
+        return
+    files = [p.name for p in folder.iterdir() if p.is_file()]
+    if any(f.endswith(".safetensors") for f in files):
+        return
+    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ModelError(
+            f"model {model.name!r} has only pickle weights ({', '.join(pickles)}), which can run arbitrary code when "
+            "loaded; convert them to safetensors, or set model.allow_pickle: true if you trust the source"
+        )
+
+
+# Configs whose `*_file` entries a tokenizer or processor opens as paths.
+_REFERENCING_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json", "processor_config.json", "preprocessor_config.json")
+
+
+def check_model_folder(folder: str | Path) -> None:
+    """Refuse a model folder any of whose files is a symlink leading out of it, naming the link and its target.
+
+    Every loader (config, tokenizer, processor, weights) opens files from it, and what a tokenizer reads is saved
+    into the run's model/ (and published by `hft push`). A Hub snapshot's boundary is its repo cache folder
+    (`models--org--name/`), whose snapshot files link to `../../blobs/` by design.
+    """
+    from hftoolkit.paths import read_boundary, require_no_escaping_links
+
+    folder = Path(folder)
+    if folder.is_dir():
+        require_no_escaping_links(folder, read_boundary(folder), "model file")
+
+
+def check_file_references(folder: str | Path) -> None:
+    """Refuse tokenizer/processor configs whose file entries leave the model folder (e.g. "vocab_file": "../.env").
+
+    Older transformers open such entries as given, so a downloaded model could read any file this user can read
+    (and `hft push` would then publish it as part of the vocabulary). Checked before anything is loaded: the entry
+    must stay in the folder as written, and its real path (symlinks resolved) inside the folder's read boundary.
+    """
+    import json
+
+    from hftoolkit.paths import is_inside, read_boundary
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    check_model_folder(folder)
+    boundary = read_boundary(folder)
+    root = os.path.normpath(os.path.abspath(folder))
+    for name in _REFERENCING_CONFIGS:
+        path = folder / name
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # missing or unreadable: transformers reports that itself
+        for key, value in _file_entries(data):
+            target = os.path.normpath(os.path.join(root, value))
+            if os.path.isabs(value) or not target.startswith(root + os.sep) or not is_inside(target, boundary):
+                raise ModelError(
+                    f"{path}: {key} = {value!r} points outside the model folder; refusing to load a tokenizer or "
+                    "processor that would read files from elsewhere on this machine"
+                )
+
+
+def _file_entries(data: Any, prefix: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            dotted = f"{prefix}{k}"
+            if isinstance(k, str) and k.endswith(("_file", "_files")):
+                values = v if isinstance(v, list) else [v]
+                out += [(dotted, x) for x in values if isinstance(x, str) and x]
+            elif isinstance(v, dict):
+                out += _file_entries(v, dotted + ".")
+    return out

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from hftoolkit.errors import ModelError
 
 if TYPE_CHECKING:
-    from hftoolkit.recipe import QuantizationSection, Recipe
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.recipe_tuning import QuantizationSection
 
 log = logging.getLogger("hftoolkit")
 
@@ -61,7 +62,7 @@ def bnb_config(q: QuantizationSection, precision: str) -> Any:
 def quantized_base(ref: str, recipe: Recipe, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Where and how to load the base quantized: `from_pretrained` kwargs with the bitsandbytes config (and, for a
     GGUF start, the dequantized safetensors folder instead of the GGUF file)."""
-    from hftoolkit.pipeline import choose_precision
+    from hftoolkit.training.args import choose_precision
 
     m = recipe.model
     _require_bitsandbytes(m.name)

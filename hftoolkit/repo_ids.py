@@ -4,7 +4,7 @@ huggingface_hub's `validate_repo_id` mirrors only part of the Hub's naming rules
 its one message covers several rules); the Hub refuses the rest at `create_repo` time, after hft has done its work.
 `repo_id_problem` checks each rule the Hub applies to NAMESPACE/NAME and names the one broken; huggingface_hub's
 validator then runs too, so what it refuses is refused here, as one line, not as HFValidationError from inside a
-download or upload. Light at import (huggingface_hub is imported when checking): hub.py on the CLI path may use it.
+download or upload. Light at import (huggingface_hub is imported when checking): run/hub_run.py on the CLI path uses it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from hftoolkit.errors import RepoIdError
-from hftoolkit.recipe import HF_TOKEN_PATTERN
+from hftoolkit.safety import HF_TOKEN_PATTERN
 
 MAX_PART_LENGTH = 96  # the Hub's limit for a repo name (and huggingface_hub's for the namespace)
 FORBIDDEN_SUFFIXES = (".git", ".ipynb")  # the Hub reserves them (git remotes, notebook URLs)

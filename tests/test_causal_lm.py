@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hftoolkit.errors import DataError, ModelError, RecipeError
-from hftoolkit.recipe import load_recipe
+from hftoolkit.recipe.schema import load_recipe
 from tests.conftest import REPO, run_hft, shared_path
 from tests.fixtures import (
     build_tiny_gpt2,
@@ -58,8 +58,8 @@ def recipe_file(tmp_path):
 
 def prepared(path, *overrides):
     from hftoolkit.modeling import load_processor
-    from hftoolkit.pipeline import prepare_data
-    from hftoolkit.tasks import get_task
+    from hftoolkit.training.prepare import prepare_data
+    from hftoolkit.tasks.registry import get_task
 
     recipe = load_recipe(path, list(overrides))
     task = get_task("causal-lm")
@@ -177,7 +177,7 @@ def test_plain_text_file_becomes_paragraph_rows_with_a_carved_validation_split(g
 
 
 def expect(exc, match: str, path, *overrides):
-    from hftoolkit.pipeline import validate
+    from hftoolkit.commands.validate import validate
 
     with pytest.raises(exc) as info:
         validate(load_recipe(path, list(overrides)))
@@ -327,7 +327,8 @@ def test_llama_chat_sft_padded_finetune_evaluate_predict_and_cached_tokenization
     assert yaml.safe_load((run / "recipe.resolved.yaml").read_text())["dataset"]["batching"] == "padded"
 
     # The CLI path of evaluate and predict is covered above; here in-process, to keep the file quick.
-    from hftoolkit.pipeline import evaluate_run, predict_run
+    from hftoolkit.commands.evaluate import evaluate_run
+    from hftoolkit.commands.predict import predict_run
 
     results = evaluate_run(run, split="validation")
     assert results["num_examples"] == 16 and results["metrics"]["perplexity"] > 1

@@ -206,7 +206,7 @@ def test_max_samples_that_drops_a_class_is_refused(tmp_path, recipe):
 
 
 def test_data_report_counts_empty_texts(tmp_path, recipe):
-    from hftoolkit.tasks.base import DataReport
+    from hftoolkit.run.records import DataReport
 
     report = DataReport(empty_texts={"train": {"text": 3, "text_pair": 0}})
     assert "empty or whitespace-only texts (train): text=3" in report.lines()

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from hftoolkit.cli import app
-from hftoolkit.recipe import Recipe
+from hftoolkit.recipe.schema import Recipe
 
 # Assembled here so no token-shaped string is tracked in the repo; it must never be echoed back.
 TOKEN = "hf_" + "Zq" * 17

@@ -180,7 +180,8 @@ def test_link_inside_the_run_is_refused_naming_its_target(tmp_path):
 def test_upload_list_checks_containment_itself(tmp_path):
     """build_uploads does not rely on the pre-flight: a link that appears after it is still refused."""
     from hftoolkit.errors import UnsafePathError
-    from hftoolkit.push import build_uploads, inspect_run
+    from hftoolkit.publish.inspect import inspect_run
+    from hftoolkit.publish.uploads import build_uploads
 
     run, private = _link_out(tmp_path, "model/tokenizer.json")
     facts = inspect_run(run, merge=False)

@@ -69,7 +69,7 @@ def layout(tmp_path, monkeypatch, tiny_bert, reviews):
     def never(*args, **kwargs):
         raise AssertionError("RunDir.clear reached: nothing may be deleted here")
 
-    monkeypatch.setattr("hftoolkit.rundir.RunDir.clear", never)  # a safety net should a check ever regress
+    monkeypatch.setattr("hftoolkit.run.layout.RunDir.clear", never)  # a safety net should a check ever regress
     return {**folders, "recipe": recipe, "model": tiny_bert, "tmp": tmp_path}
 
 
@@ -157,7 +157,7 @@ def test_overwrite_replaces_a_real_run_and_removes_links_without_following_them(
 
 def test_resume_refuses_run_entries_that_link_out_of_the_run(tmp_path):
     from hftoolkit.errors import UnsafePathError
-    from hftoolkit.rundir import RunDir
+    from hftoolkit.run.layout import RunDir
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
@@ -168,7 +168,7 @@ def test_resume_refuses_run_entries_that_link_out_of_the_run(tmp_path):
 
 
 def test_checkpoint_cleanup_never_follows_or_deletes_outside_the_run(tmp_path, caplog):
-    from hftoolkit.checkpoints import Checkpoint, remove_checkpoints, scan, truncate_metrics
+    from hftoolkit.training.resume import Checkpoint, remove_checkpoints, scan, truncate_metrics
 
     folder, outside = tmp_path / "run" / "checkpoints", tmp_path / "outside"
     (folder / "checkpoint-2").mkdir(parents=True)

@@ -240,11 +240,11 @@ def test_objective_settings_are_validated_per_objective(sections, message, llama
 
 
 def test_preference_objectives_need_a_causal_lm(make_recipe):
-    refused(hft_cli("validate", make_recipe(training={"objective": "dpo"})), "training.objective dpo needs task causal-lm")
+    refused(hft_cli("validate", make_recipe(training={"objective": "dpo"})), "training.objective dpo is for task causal-lm")
 
 
 def test_shipped_preference_and_qlora_recipes_load_and_say_how_to_run_them():
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.recipe.schema import load_recipe
     from tests.fixtures import REPO
 
     for name, objective, bits in (("gpt_dpo", "dpo", None), ("gpt_qlora_sft", "sft", 4)):

@@ -65,7 +65,8 @@ def train_and_reload(tmp_path, base, files, *, chat: bool = True, **sections):
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
     trained = json.loads((run / "train_results.json").read_text())["validation"]["eval_loss"]
-    from hftoolkit.pipeline import evaluate_run, predict_run
+    from hftoolkit.commands.evaluate import evaluate_run
+    from hftoolkit.commands.predict import predict_run
 
     reloaded = evaluate_run(run, split="validation")["metrics"]["loss"]
     assert reloaded == pytest.approx(trained, abs=1e-6, rel=0)

@@ -7,7 +7,7 @@ import re
 import yaml
 from pydantic import BaseModel
 
-from hftoolkit.recipe import Recipe
+from hftoolkit.recipe.schema import Recipe
 from tests.fixtures import REPO
 
 # What a recipe has to choose: the block shows an example value for these, and the schema's default for every other key.

@@ -211,7 +211,7 @@ def test_exception_at_epoch_boundary_then_resume_equals_uninterrupted(tmp_path, 
 
 
 def _recipe_obj(tmp_path: Path, **training):
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
 
     return Recipe.model_validate({
         "task": "text-classification", "model": {"name": "m"}, "dataset": {"files": {"train": "t.jsonl"}},
@@ -228,9 +228,9 @@ def _checkpoint(run: Path, step: int, **info) -> Path:
 
 
 def test_resume_picks_the_latest_complete_checkpoint_and_refuses_others(tmp_path):
-    from hftoolkit.checkpoints import find_resume_checkpoint
+    from hftoolkit.training.resume import find_resume_checkpoint
     from hftoolkit.errors import RunDirError
-    from hftoolkit.rundir import RunDir
+    from hftoolkit.run.layout import RunDir
 
     recipe = _recipe_obj(tmp_path)
     run = RunDir(tmp_path / "run")
@@ -269,7 +269,7 @@ def test_resume_picks_the_latest_complete_checkpoint_and_refuses_others(tmp_path
 
 
 def test_truncate_metrics_keeps_what_was_logged_up_to_the_checkpoint(tmp_path):
-    from hftoolkit.checkpoints import Checkpoint, truncate_metrics
+    from hftoolkit.training.resume import Checkpoint, truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     lines = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}, {"step": 2, "eval_loss": 0.8}, {"step": 3, "loss": 0.7}]
@@ -288,7 +288,7 @@ def test_truncate_metrics_keeps_what_was_logged_up_to_the_checkpoint(tmp_path):
 def test_sigint_asks_for_a_checkpoint_and_a_second_one_stops_at_once(monkeypatch):
     from transformers import TrainerControl, TrainerState
 
-    from hftoolkit.checkpoints import GracefulStop
+    from hftoolkit.training.callbacks import GracefulStop
 
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     before = signal.getsignal(signal.SIGINT)

@@ -13,18 +13,19 @@ from typing import TYPE_CHECKING, Any, Callable
 from hftoolkit import metrics as metric_lib
 from hftoolkit.data import column_values
 from hftoolkit.errors import DataError
+from hftoolkit.tasks.base import TaskBase
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
 
 LABELS = "labels"
 
 
-class ClassificationTask:
-    name: str
+class ClassificationTask(TaskBase):
     default_metrics: tuple[str, ...] = ("accuracy", "f1")
+    has_labels = True
 
     def label_column(self, recipe: Recipe) -> str | None:
         return recipe.dataset.columns.label

@@ -25,17 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 from hftoolkit.data import column_values, require_columns
 from hftoolkit.errors import DataError, HftError
+from hftoolkit.tasks._chat import CHAT_ROLES, ChatFormat
+from hftoolkit.tasks._text import tokenizer_identity
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
-    from hftoolkit.tasks.base import DataReport
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport
 
 log = logging.getLogger("hftoolkit")
 ROLES = ("prompt", "chosen", "rejected")
 TESTED_TRL = ">=1.16,<1.17"  # pyproject's `preference` extra; ORPO lives in trl.experimental, which moves
-CHAT_ROLES = ("system", "user", "assistant")
 # Tokens a pair's prompt must leave free within max_length: the BOS token ORPO may prepend, and one completion token.
 RESERVED_TOKENS = 2
 PREPROCESS_VERSION = 1
@@ -196,22 +197,15 @@ class _Lengths:
         return prompt, max(len(self.ids(row["prompt"], row[side])) for side in ("chosen", "rejected"))
 
 
-def build_features(
-    splits: dict[str, Dataset], recipe: Recipe, tokenizer: Any, report: DataReport, chat_check: Any
-) -> dict[str, Dataset]:
-    """Normalised pairs + `length`; pairs whose prompt fills max_length dropped and counted; truncation reported.
-
-    `chat_check(tokenizer)` runs the SFT end-of-turn rules once for conversational data (it may set the EOS token).
-    """
-    from hftoolkit.tasks.text_classification import tokenizer_identity
-
+def build_features(splits: dict[str, Dataset], recipe: Recipe, tokenizer: Any, report: DataReport) -> dict[str, Dataset]:
+    """Normalised pairs + `length`; pairs whose prompt fills max_length dropped and counted; truncation reported."""
     columns, max_length = _columns(recipe), recipe.dataset.max_length
     chats = {_is_chat(s, columns) for s in splits.values() if len(s)}
     if len(chats) > 1:
         raise DataError("the splits mix plain-text and conversational pairs; give every split the same kind")
     chat = chats.pop() if chats else True
-    if chat:
-        chat_check(tokenizer)
+    if chat:  # SFT's end-of-turn rules (may make dataset.end_of_turn_token the EOS token: before the identity)
+        ChatFormat(tokenizer, recipe.model.name).adopt_end_of_turn(recipe.dataset.end_of_turn_token)
     lengths = _Lengths(tokenizer, chat)
     normalise = normalise_chat if chat else normalise_text
 

@@ -1,4 +1,5 @@
-"""What the text tasks (text classification, causal LM) share: a pad token, text-column checks, predict-input hints.
+"""What the text tasks (text classification, causal LM) share: the tokenizer's identity for cache fingerprints, a pad
+token, text-column checks, predict-input hints.
 
 Decoder tokenizers (GPT-2, many Llama-family ones) come without a pad token; both text tasks pad with EOS then,
 and say so. Text columns are checked on the raw splits, so a bad value is reported with its split and the row of
@@ -7,6 +8,8 @@ the source (not "row 200 of a batch" from inside a `datasets.map`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
@@ -17,12 +20,29 @@ from hftoolkit.errors import DataError, ModelError
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.tasks.base import DataReport
+    from hftoolkit.run.records import DataReport
 
 log = logging.getLogger("hftoolkit")
 
 # File types `hft predict` on an image run takes: a text run given one of these was probably pointed at the wrong run.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def tokenizer_identity(tokenizer: Any) -> str:
+    """Content hash of a tokenizer (vocab, normalizer, special tokens), stable across processes.
+
+    Used as part of the cache fingerprint instead of datasets' pickling-based hash, which changes when the
+    fast tokenizer's truncation state changes and then silently re-tokenizes (or worse, keys on the wrong thing).
+    """
+    state: Any
+    try:
+        state = json.loads(tokenizer.backend_tokenizer.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    except AttributeError:
+        state = sorted(tokenizer.get_vocab().items())
+    blob = json.dumps([type(tokenizer).__name__, state, tokenizer.all_special_tokens, tokenizer.padding_side], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def ensure_pad_token(tokenizer: Any, ref: str, why: str) -> Any:

@@ -6,51 +6,35 @@ Labels, the head, metrics and the confusion matrix are shared with image classif
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import TYPE_CHECKING, Any, Callable
 
 from hftoolkit.data import require_columns
 from hftoolkit.errors import DataError
 from hftoolkit.tasks._classification import LABELS, ClassificationTask
-from hftoolkit.tasks._text import check_texts, ensure_pad_token, warn_image_paths
-from hftoolkit.tasks.base import DataReport
+from hftoolkit.tasks._text import check_texts, ensure_pad_token, tokenizer_identity, warn_image_paths
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport
 
 # Bump when the tokenization output changes, so cached features from older versions are not reused.
 PREPROCESS_VERSION = 1
 
 
-def tokenizer_identity(tokenizer: Any) -> str:
-    """Content hash of a tokenizer (vocab, normalizer, special tokens), stable across processes.
-
-    Used as part of the cache fingerprint instead of datasets' pickling-based hash, which changes when the
-    fast tokenizer's truncation state changes and then silently re-tokenizes (or worse, keys on the wrong thing).
-    """
-    state: Any
-    try:
-        state = json.loads(tokenizer.backend_tokenizer.to_str())
-        state.pop("truncation", None)
-        state.pop("padding", None)
-    except AttributeError:
-        state = sorted(tokenizer.get_vocab().items())
-    blob = json.dumps([type(tokenizer).__name__, state, tokenizer.all_special_tokens, tokenizer.padding_side], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _split_sources(splits: dict[str, Dataset]) -> str:
-    return ",".join(f"{k}={v._fingerprint}" for k, v in sorted(splits.items()))
-
-
 class TextClassification(ClassificationTask):
     name = "text-classification"
     pipeline_tag = "text-classification"
+    card_title = "Text Classification"
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     processor_kind = "tokenizer"
+    column_roles = {
+        "text": "the text to classify",
+        "text_pair": "the second text of sentence pairs",
+        "label": "the class label (ClassLabel, string or integer column)",
+    }
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoTokenizer

@@ -1,38 +1,36 @@
 """Preference tuning through TRL (`training.objective: dpo | orpo`) on hft's trainer layer and run contract.
 
 - DPO is TRL's `DPOTrainer`, ORPO TRL's `ORPOTrainer` (in TRL 1.16 under `trl.experimental`, which may move between
-  releases: pyproject pins the tested range). hft adds only its resume behaviour, mixed in (HftDPOTrainer,
-  HftORPOTrainer); the losses, tokenization, collators and the logged metrics (`rewards/accuracies`,
-  `rewards/margins`, `logps/chosen`, `logps/rejected` ...) are TRL's.
-- Reference model (DPO): with LoRA the base with the adapter disabled, so there is no second copy in memory. TRL
-  given a PeftModel copies its adapter into a frozen "ref" adapter; for an adapter that starts as a no-op that copy
-  equals the disabled adapter, so it is dropped. PiSSA / OLoRA inits rewrite the base, where only TRL's copy gives the
-  original model: it is kept, and dropped after the final evaluation, before saving. With full fine-tuning the
-  reference is a frozen copy passed explicitly as `ref_model` (TRL would rebuild it from a config path, which fails
-  for GGUF and `package:` starts); `hft validate` says so and counts it in the memory plan.
-- Evaluation (`hft evaluate`) builds the same trainer on the trained model and reports TRL's eval metrics.
+  releases: the `preference` extra pins the tested range). hft mixes in only its resume behaviour (ResumableMixin);
+  the losses, tokenization, collators and logged metrics (`rewards/accuracies`, `rewards/margins`, `logps/chosen`,
+  `logps/rejected` ...) are TRL's. The arguments are hft's one recipe mapping (args.py) with TRL's config class.
+- Reference model (DPO): with LoRA, the base with the adapter disabled, so there is no second copy in memory. TRL,
+  given a PeftModel, copies its adapter into a frozen "ref" adapter; for an adapter that starts as a no-op that copy
+  equals the disabled adapter, so it is dropped at once. PiSSA / OLoRA inits rewrite the base, where only TRL's copy
+  gives the original model: it is kept until the final evaluation (objectives.drop_reference_adapter). With full
+  fine-tuning the reference is a frozen copy passed explicitly as `ref_model` (TRL would rebuild it from a config
+  path, which fails for GGUF and `package:` starts).
+- `hft evaluate` builds the same trainer on the reloaded model and reports TRL's evaluation metrics.
 
-Imports TRL, transformers and torch: load this module only inside commands.
+Imports TRL, transformers and torch at the top: load this module only inside commands, for preference objectives.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 from typing import TYPE_CHECKING, Any
 
 from trl import DPOConfig, DPOTrainer
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from hftoolkit.recipe_tuning import BASE_REWRITING_INITS
-from hftoolkit.resumable import ResumableTrainer
+from hftoolkit.training.objectives import drop_reference_adapter, full_reference_copy
+from hftoolkit.training.trainer import ResumableMixin
 
 if TYPE_CHECKING:
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.tasks.base import Task
 
-log = logging.getLogger("hftoolkit")
-
-REFERENCE_ADAPTER = "ref"  # the name TRL gives its copy of a PeftModel's adapter
 # TRL's logged metrics that eval_results.json and the model card keep (its others are diagnostics: entropy, logits,
 # token counts). ORPO adds its odds-ratio terms.
 PREFERENCE_METRICS = (
@@ -41,11 +39,11 @@ PREFERENCE_METRICS = (
 )
 
 
-class HftDPOTrainer(ResumableTrainer, DPOTrainer):
+class HftDPOTrainer(ResumableMixin, DPOTrainer):
     """TRL's DPOTrainer with hft's resume behaviour (epoch-seeded length grouping, RNG-neutral evaluation, loss sum)."""
 
 
-class HftORPOTrainer(ResumableTrainer, ORPOTrainer):
+class HftORPOTrainer(ResumableMixin, ORPOTrainer):
     """TRL's ORPOTrainer with hft's resume behaviour."""
 
 
@@ -53,30 +51,20 @@ TRAINERS = {"dpo": HftDPOTrainer, "orpo": HftORPOTrainer}
 CONFIGS = {"dpo": DPOConfig, "orpo": ORPOConfig}
 
 
-def config_for(recipe: Recipe) -> tuple[type, dict[str, Any]]:
-    """The TRL config class of the recipe's objective and its objective settings (the rest is the usual mapping)."""
+def preference_arguments(recipe: Recipe) -> dict[str, Any]:
+    """TRL's config class of the objective and its settings, as overrides of the recipe -> arguments mapping."""
     t = recipe.training
     settings: dict[str, Any] = {
-        "beta": t.beta,
-        "max_length": recipe.dataset.max_length,
+        "args_class": CONFIGS[t.objective], "beta": t.beta, "max_length": recipe.dataset.max_length,
         "dataset_num_proc": recipe.dataset.num_proc,
     }
     if t.objective == "dpo":
         settings.update(loss_type=[t.loss_type], truncation_mode="keep_start")
-    return CONFIGS[t.objective], settings
-
-
-def full_reference(model: Any, recipe: Recipe) -> Any | None:
-    """DPO with full fine-tuning: a frozen copy of the model as it starts, passed to TRL as `ref_model`."""
-    if recipe.training.objective != "dpo" or recipe.lora.enabled:
-        return None
-    reference = copy.deepcopy(model).eval()
-    reference.requires_grad_(False)
-    return reference
+    return settings
 
 
 def build_trainer(
-    recipe: Recipe, model: Any, args: Any, features: dict[str, Any], processor: Any, callbacks: list,
+    recipe: Recipe, model: Any, args: Any, features: dict[str, Any], processor: Any, callbacks: list, *,
     ref_model: Any = None, eval_only: bool = False,
 ) -> Any:
     """TRL's trainer of the recipe's objective with hft's resume behaviour; the reference chosen as described above."""
@@ -86,19 +74,13 @@ def build_trainer(
         processing_class=processor, callbacks=callbacks,
     )
     if objective == "dpo":
+        if ref_model is None and full_reference_copy(recipe):
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the model as it starts
         kwargs["ref_model"] = ref_model
     trainer = TRAINERS[objective](**kwargs)
-    keep_copy = recipe.lora.init in BASE_REWRITING_INITS and not eval_only
-    if not keep_copy:
+    if eval_only or recipe.lora.init not in BASE_REWRITING_INITS:
         drop_reference_adapter(trainer)
     return trainer
-
-
-def drop_reference_adapter(trainer: Any) -> None:
-    """Remove TRL's frozen adapter copy: the reference becomes the base with the adapter disabled."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
-        model.delete_adapter(REFERENCE_ADAPTER)
 
 
 def scores(metrics: dict[str, float]) -> dict[str, float]:
@@ -108,36 +90,21 @@ def scores(metrics: dict[str, float]) -> dict[str, float]:
     return kept
 
 
-def evaluate_split(recipe: Recipe, model: Any, processor: Any, features: Any, args: Any, ref_model: Any = None) -> dict:
-    """Score one split of preference pairs with TRL's trainer (as the end-of-training validation does)."""
-    # TRL needs a training set to build a trainer, and ORPO tokenizes only the datasets it is built with: the scored
-    # split is both (datasets caches its tokenization under one fingerprint, so it is tokenized once).
-    split = {"train": features, "validation": features}
-    trainer = build_trainer(recipe, model, args, split, processor, [], ref_model=ref_model, eval_only=True)
-    return scores(trainer.evaluate())
-
-
-def evaluate_run_split(recipe: Recipe, task: Any, model: Any, processor: Any, features: Any, batch_size: int | None) -> dict:
-    """`hft evaluate` on a preference run: the loaded model scored by TRL's trainer with the run's settings (the DPO
-    reference of a full fine-tune is the base, loaded again)."""
+def evaluate_split(recipe: Recipe, task: Task, model: Any, processor: Any, features: Any, batch_size: int) -> tuple[dict, bool]:
+    """`hft evaluate` on a preference run: the reloaded model scored by TRL's trainer with the run's settings (a full
+    fine-tune's DPO reference is the base, loaded again); the scores and whether this is the main process."""
     import tempfile
 
-    import torch
-
     from hftoolkit.modeling import load_model
-    from hftoolkit.pipeline import choose_precision
+    from hftoolkit.training.args import prediction_arguments
 
-    config_class, settings = config_for(recipe)
-    precision = choose_precision(recipe.training.precision)
     reference = None
-    if recipe.training.objective == "dpo" and not recipe.lora.enabled:
-        reference = load_model(task, recipe, None, processor=processor).eval().requires_grad_(False)
+    if full_reference_copy(recipe):
+        reference = load_model(task, recipe, None).eval().requires_grad_(False)
     with tempfile.TemporaryDirectory(prefix="hft-eval-") as tmp:
-        args = config_class(
-            **settings, output_dir=tmp, report_to="none", remove_unused_columns=False, gradient_checkpointing=False,
-            per_device_eval_batch_size=batch_size or recipe.training.eval_batch_size or 2 * recipe.training.batch_size,
-            bf16=precision == "bf16", fp16=precision == "fp16",
-            use_cpu=precision == "bf16" and not torch.cuda.is_available(), dataloader_pin_memory=torch.cuda.is_available(),
-            seed=recipe.training.seed,
-        )
-        return evaluate_split(recipe, model, processor, features, args, ref_model=reference)
+        args = prediction_arguments(recipe, tmp, per_device_eval_batch_size=batch_size, **preference_arguments(recipe))
+        # TRL needs a training set to build a trainer, and ORPO tokenizes only the datasets it is built with: the scored
+        # split is both (datasets caches its tokenization under one fingerprint, so it is tokenized once).
+        split = {"train": features, "validation": features}
+        trainer = build_trainer(recipe, model, args, split, processor, [], ref_model=reference, eval_only=True)
+        return scores(trainer.evaluate()), trainer.is_world_process_zero()

@@ -15,28 +15,26 @@
       loss_curve.png, confusion_matrix.png
       samples.jsonl          causal LM: the recipe's generation prompts answered by the fine-tuned model
 
-Writes are atomic (temp file + rename), so a crash never leaves a truncated JSON behind. `--overwrite` deletes only
-what this layout names (`RUN_CONTENTS`), and only in a folder that holds an hft run and nothing else; symlinks are
-removed as links, never followed.
+The JSON files are typed records (run/records.py), read and written only through them; writes are atomic. This module
+owns the paths and the rules for starting, replacing and reading a run: `--overwrite` deletes only what this layout
+names (`RUN_CONTENTS`), and only in a folder that holds an hft run and nothing else; symlinks are removed as links,
+never followed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import yaml
 
 from hftoolkit.errors import RunDirError, UnsafePathError
 from hftoolkit.paths import covers, require_inside
 
 if TYPE_CHECKING:
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport, EvalResults, Manifest, TrainResults
 
 MANIFEST = "manifest.json"
 RECIPE = "recipe.resolved.yaml"
@@ -53,32 +51,6 @@ _OWN_TEMP = re.compile(
 _LISTED = 8  # entries named in a refusal; the rest are counted
 
 
-def write_atomic(path: Path, content: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content.encode() if isinstance(content, str) else content)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are meant to be shared like any output
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"{path} is missing") from None
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path} is not valid JSON ({e})") from None
-
-
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -87,45 +59,46 @@ class RunDir:
         return str(self.path)
 
     # Paths of the contract ---------------------------------------------------------------------------------------
-    @property
-    def manifest(self) -> Path:
-        return self.path / MANIFEST
+    manifest = property(lambda self: self.path / MANIFEST)
+    recipe = property(lambda self: self.path / RECIPE)
+    model = property(lambda self: self.path / "model")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    tensorboard = property(lambda self: self.path / "tensorboard")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    data_report = property(lambda self: self.path / "data_report.json")
+    train_results = property(lambda self: self.path / "train_results.json")
+    eval_results = property(lambda self: self.path / "eval_results.json")
+    loss_curve = property(lambda self: self.path / "loss_curve.png")
 
-    @property
-    def recipe(self) -> Path:
-        return self.path / RECIPE
+    # Records -------------------------------------------------------------------------------------------------------
+    def read_manifest(self) -> Manifest:
+        """The manifest, or an empty one when the run has none yet."""
+        from hftoolkit.run.records import Manifest
 
-    @property
-    def model(self) -> Path:
-        return self.path / "model"
+        return Manifest.read_if_present(self.manifest)
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+    def update_manifest(self, **fields: Any) -> Manifest:
+        manifest = self.read_manifest()
+        for name, value in fields.items():
+            setattr(manifest, name, value)  # validated on assignment: a wrong field name or type fails here
+        manifest.write(self.manifest)
+        return manifest
 
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tensorboard"
+    def read_eval_results(self) -> EvalResults:
+        from hftoolkit.run.records import EvalResults
 
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return EvalResults.read(self.eval_results)
 
-    @property
-    def data_report(self) -> Path:
-        return self.path / "data_report.json"
+    def read_train_results(self) -> TrainResults:
+        from hftoolkit.run.records import TrainResults
 
-    @property
-    def train_results(self) -> Path:
-        return self.path / "train_results.json"
+        return TrainResults.read(self.train_results)
 
-    @property
-    def eval_results(self) -> Path:
-        return self.path / "eval_results.json"
+    def read_data_report(self) -> DataReport:
+        """The data report, or an empty one (a Hub repo pushed without it)."""
+        from hftoolkit.run.records import DataReport
 
-    @property
-    def loss_curve(self) -> Path:
-        return self.path / "loss_curve.png"
+        return DataReport.read(self.data_report) if self.data_report.is_file() else DataReport()
 
     # Writing -------------------------------------------------------------------------------------------------------
     def check_writable(
@@ -168,36 +141,36 @@ class RunDir:
 
     def _check_same_run(self, recipe: Recipe, *, resume: bool, allow_recipe_change: bool) -> None:
         """The run already here is this recipe's and in a state the command can continue from."""
-        from hftoolkit.recipe import diff_recipes
+        import yaml
 
-        manifest = read_json(self.manifest)
-        status = manifest.get("status")
-        if manifest.get("recipe_fingerprint") != recipe.fingerprint():
-            old = yaml.safe_load(self.recipe.read_text()) if self.recipe.is_file() else {}
-            changed = diff_recipes(old or {}, recipe.model_dump(mode="json"))
-            shown = "; ".join(changed[:8]) + (" …" if len(changed) > 8 else "")
+        from hftoolkit.recipe.diff import format_recipe_changes
+
+        manifest = self.read_manifest()
+        if manifest.recipe_fingerprint != recipe.fingerprint():
             if resume and allow_recipe_change:
                 return
+            old = yaml.safe_load(self.recipe.read_text()) if self.recipe.is_file() else {}
+            shown = format_recipe_changes(old or {}, recipe.model_dump(mode="json"))
             if resume:
                 raise RunDirError(
-                    f"--resume: the recipe changed since the run in {self.path} started (changed: {shown or 'recipe'}); "
+                    f"--resume: the recipe changed since the run in {self.path} started (changed: {shown}); "
                     "pass --allow-recipe-change to continue it with the new values, or --overwrite to start over"
                 )
             raise RunDirError(
-                f"output_dir {self.path} holds a different run (changed: {shown or 'recipe'}); choose another "
+                f"output_dir {self.path} holds a different run (changed: {shown}); choose another "
                 "output_dir or pass --overwrite to replace it"
             )
-        if resume and status == "completed":
+        if resume and manifest.completed:
             raise RunDirError(f"--resume: the run in {self.path} already finished; there is nothing to resume")
         if resume:
             return
-        if status == "completed":
+        if manifest.completed:
             raise RunDirError(
                 f"output_dir {self.path} already holds a finished run of this recipe; pass --overwrite to train again"
             )
         raise RunDirError(
-            f"output_dir {self.path} holds an unfinished run of this recipe (status: {status}); pass --resume to "
-            "continue it or --overwrite to start over"
+            f"output_dir {self.path} holds an unfinished run of this recipe (status: {manifest.status}); pass --resume "
+            "to continue it or --overwrite to start over"
         )
 
     def check_replaceable(self) -> None:
@@ -243,21 +216,12 @@ class RunDir:
             else:
                 shutil.rmtree(entry)
 
-    def load_manifest(self) -> dict:
-        """The manifest, or {} when the run has none yet."""
-        return read_json(self.manifest) if self.manifest.is_file() else {}
-
-    def update_manifest(self, **fields: Any) -> dict:
-        data = read_json(self.manifest) if self.manifest.is_file() else {}
-        data.update(fields)
-        write_json(self.manifest, data)
-        return data
-
     # Reading -------------------------------------------------------------------------------------------------------
     def load_recipe(self) -> Recipe:
+        import yaml
         from pydantic import ValidationError
 
-        from hftoolkit.recipe import Recipe
+        from hftoolkit.recipe.schema import Recipe
 
         if not self.path.is_dir():
             raise RunDirError(f"run directory {self.path} does not exist (run `hft finetune RECIPE` first)")
@@ -268,14 +232,16 @@ class RunDir:
         except (ValidationError, yaml.YAMLError) as e:
             raise RunDirError(f"{self.recipe} is not a valid resolved recipe ({e})") from None
 
-    def require_trained(self) -> dict:
+    def require_trained(self) -> Manifest:
         """The manifest of a finished run, or a clear error saying what is missing."""
+        from hftoolkit.run.records import Manifest
+
         self.load_recipe()
         self.check_links()
-        manifest = read_json(self.manifest)
-        if manifest.get("status") != "completed" or not self.model.is_dir():
+        manifest = Manifest.read(self.manifest)
+        if not manifest.completed or not self.model.is_dir():
             raise RunDirError(
-                f"run {self.path} has not finished training (status: {manifest.get('status')}); "
+                f"run {self.path} has not finished training (status: {manifest.status}); "
                 "finish it with `hft finetune RECIPE --resume`"
             )
         return manifest
@@ -336,29 +302,15 @@ def _special_folders() -> list[tuple[str, Path]]:
 
 def _inputs(recipe: Recipe, recipe_file: str | Path | None) -> list[tuple[str, Path]]:
     """The run's local inputs, named as the recipe names them."""
-    from hftoolkit.modeling import resolve_ref
+    from hftoolkit.refs import local_path, resolve_model_ref
 
     ds = recipe.dataset
     found = [("the recipe file", Path(recipe_file))] if recipe_file is not None else []
     found += [(f"dataset.files.{role}", Path(f).expanduser()) for role, f in (ds.files or {}).items()]
-    if ds.name is not None and Path(ds.name).expanduser().exists():
-        found.append(("the dataset (dataset.name)", Path(ds.name).expanduser()))
-    model = Path(resolve_ref(recipe.model))
-    if model.exists():
+    dataset = local_path(ds.name) if ds.name is not None else None
+    if dataset is not None:
+        found.append(("the dataset (dataset.name)", dataset))
+    model = local_path(resolve_model_ref(recipe.model))
+    if model is not None:
         found.append(("the model folder (model.name)", model))
     return found
-
-
-def open_run(ref: str | Path, revision: str | None = None) -> RunDir:
-    """The run `evaluate` and `predict` read: a local run directory, or a Hub repo id (`org/name`) pushed by `hft push`.
-
-    An existing local path always wins, so `runs/quickstart` is never mistaken for a Hub repo.
-    """
-    from hftoolkit.hub import is_hub_id, open_hub_run
-
-    text = str(ref)
-    if Path(text).expanduser().exists() or not is_hub_id(text):
-        if revision is not None:
-            raise RunDirError(f"--revision is for Hub repos; {text} is a local run directory")
-        return RunDir(Path(text).expanduser())
-    return open_hub_run(text, revision)

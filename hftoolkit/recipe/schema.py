@@ -1,11 +1,16 @@
-"""The recipe: its pydantic schema, and loading it from YAML plus `--set` overrides.
+"""The recipe schema: which keys a recipe may hold, their defaults and checks, built from the registered tasks.
 
-This is the one place that defines what a recipe may contain. Rules that users rely on:
+The sections every task shares are declared here. What is a task's own comes from the task (tasks/<task>.py): the
+dataset column roles it reads (`column_roles`), the keys only it uses (`recipe_fields`, e.g. causal LM's
+dataset.batching and generation section) and its cross-key rules (`check_recipe`); the task names come from the
+registry. A new task therefore never edits this module. Rules that users rely on:
 - unknown keys are errors, with the nearest valid key suggested;
-- every problem is reported at once, each naming the file, the line and the YAML path;
+- every problem is reported at once, each naming the file, the line and the YAML path (recipe/loading.py);
 - validators check, they never rewrite what the user wrote;
+- a key that only other tasks use must stay at its default: set, it would be silently ignored;
 - precedence is schema defaults < YAML < `--set key.path=value`.
-Only pydantic and PyYAML are imported here so `hft validate --help` and `hft schema` stay fast.
+Only pydantic, PyYAML and the (light) task modules are imported here, so `hft validate --help` and `hft schema`
+stay fast.
 """
 
 from __future__ import annotations
@@ -14,45 +19,28 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
-# Unset is re-exported: callers build `--unset` items as hftoolkit.recipe.Unset(key).
-from hftoolkit.recipe_loading import Override, Unset, load_validated  # noqa: F401
-from hftoolkit.recipe_tuning import DpoLoss, LoraInit, Objective, QuantizationSection, fill_objective_defaults
-from hftoolkit.recipe_tuning import objective_problems, tuning_problems
+from hftoolkit.recipe.base import Section, no_blank_entries
+from hftoolkit.recipe.loading import Override, load_validated
+from hftoolkit.recipe_tuning import LoraInit, QuantizationSection, fill_objective_defaults, tuning_problems
+from hftoolkit.safety import HF_TOKEN_PATTERN
+from hftoolkit.tasks.registry import TASKS, get_task
 
-TaskName = Literal["text-classification", "causal-lm", "image-classification"]
 SplitRole = Literal["train", "validation", "test"]
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
-# Shape of a Hugging Face access token. Recipes are saved in run directories and published with models.
-HF_TOKEN_PATTERN = re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}")
 # Seeds go to numpy's legacy seeding (transformers.set_seed), which takes 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
-# More new tokens than the longest context of the model families hft fine-tunes (Llama 3: 128k) is a typo.
-MAX_NEW_TOKENS = 131_072
 # A LoRA rank above the width of any layer adapts nothing more; far above it, shapes overflow torch's int64.
 MAX_LORA_RANK = 65_536
 # More worker processes than any one machine has cores is a typo, and datasets would start that many.
 MAX_PROCESSES = 1024
 
 
-def _no_blank_entries(values: list[str] | None, what: str, hint: str) -> list[str] | None:
-    """Names and texts in lists must say something: an empty one is read as `.` (a folder) or matches nothing."""
-    blank = [i for i, value in enumerate(values or []) if not value.strip()]
-    if blank:
-        raise ValueError(f"{what} {blank[0]} is empty or only whitespace; {hint}")
-    return values
-
-
-class _Section(BaseModel):
-    # inf and nan (`.inf`, `1e400`) are refused: no setting means them, and they crash or hang later.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class ModelSection(_Section):
+class ModelSection(Section):
     name: str = Field(
         description="Hub id (org/name), a local folder, or `package:<module>` for a model shipped inside an installed "
         "Python package (its get_model_path())."
@@ -91,21 +79,12 @@ class ModelSection(_Section):
         return self
 
 
-class Columns(_Section):
-    """Which dataset column plays which role. Each task says which roles it needs."""
-
-    text: str | None = Field(None, description="Input text (classification, plain-text causal LM).")
-    text_pair: str | None = Field(None, description="Second text for sentence-pair classification.")
-    label: str | None = Field(None, description="Class label (ClassLabel, string or integer column).")
-    image: str | None = Field(None, description="Image column (image classification).")
-    messages: str | None = Field(None, description="Chat messages column: a list of {role, content} (SFT).")
-    prompt: str | None = Field(None, description="Prompt column (SFT with prompt/response pairs).")
-    response: str | None = Field(None, description="Response column (SFT with prompt/response pairs).")
-    chosen: str | None = Field(None, description="Preferred completion (DPO/ORPO): text or assistant messages.")
-    rejected: str | None = Field(None, description="Dispreferred completion (DPO/ORPO), same kind as chosen.")
+class ColumnsBase(Section):
+    """Which dataset column plays which role. The roles are the tasks' (TaskBase.column_roles); each task says
+    which roles it reads."""
 
     @model_validator(mode="after")
-    def _one_column_per_role(self) -> Columns:
+    def _one_column_per_role(self) -> ColumnsBase:
         # The label column is encoded to class ids before texts are tokenized: one column cannot be both.
         roles: dict[str, str] = {}
         for role, column in self.model_dump().items():
@@ -118,7 +97,7 @@ class Columns(_Section):
         return self
 
 
-class Splits(_Section):
+class Splits(Section):
     """Names of the dataset's splits for each role. A missing validation split is carved out of train."""
 
     train: str = "train"
@@ -126,7 +105,9 @@ class Splits(_Section):
     test: str | None = "test"
 
 
-class DatasetSection(_Section):
+class DatasetBase(Section):
+    """The dataset section's keys every task shares; tasks add their own (TaskBase.recipe_fields)."""
+
     name: str | None = Field(None, description="Hub dataset id (org/name) or a local dataset folder.")
     files: dict[SplitRole, str] | None = Field(
         None,
@@ -136,7 +117,7 @@ class DatasetSection(_Section):
     config: str | None = Field(None, description="Dataset configuration name (Hub datasets with several configs).")
     revision: str | None = Field(None, description="Branch, tag or commit of a Hub dataset.")
     splits: Splits = Field(default_factory=Splits)
-    columns: Columns = Field(default_factory=Columns)
+    columns: ColumnsBase = Field(default_factory=ColumnsBase)  # replaced by the tasks' roles below
     label_names: list[str] | None = Field(
         None, description="Names for integer labels 0..K-1 when the dataset has none (ClassLabel names are used otherwise)."
     )
@@ -150,8 +131,6 @@ class DatasetSection(_Section):
     max_length: int = Field(
         256, ge=8, description="Truncate token sequences to this length (causal LM with batching: blocks: the length of every block)."
     )
-    skip_bad_images: bool = Field(False, description="Skip images that fail to decode (counted in the data report).")
-    skip_bad_pairs: bool = Field(False, description="Drop bad preference pairs (empty, identical, differing prompts), counted.")
     allow_empty_text: bool = Field(
         False,
         description="Train on empty or whitespace-only texts (counted in the data report either way; refused unless "
@@ -170,22 +149,8 @@ class DatasetSection(_Section):
         description="How a .txt file is cut into rows (the `datasets` text builder's sample_by): paragraph = text "
         "between blank lines, line = every line, document = the whole file as one row.",
     )
-    batching: Literal["padded", "packed", "blocks"] = Field(
-        "padded",
-        description="Causal LM only. padded: one example per row, padded to the longest in the batch. packed: the "
-        "batch's examples packed into as few rows of at most max_length tokens as fit, positions restarting at 0 for "
-        "each so no example attends to another. blocks: plain text concatenated (EOS between rows) and cut into rows of exactly max_length "
-        "tokens, attention crossing row boundaries (continued pre-training, like transformers' run_clm example).",
-    )
-    end_of_turn_token: str | None = Field(
-        None,
-        description="Causal LM chat data: the token the chat template ends an assistant turn with, when it is not the "
-        "tokenizer's EOS token (e.g. <|im_end|> on a base model whose EOS is <|endoftext|>). It becomes the EOS token of "
-        "the saved tokenizer and model config so generation stops at the end of a reply.",
-    )
-
     @model_validator(mode="after")
-    def _name_or_files(self) -> DatasetSection:
+    def _name_or_files(self) -> DatasetBase:
         if (self.name is None) == (self.files is None):
             raise ValueError("give exactly one of dataset.name (Hub id or local folder) or dataset.files (local files per split)")
         if self.files is not None and "train" not in self.files:
@@ -218,7 +183,7 @@ class DatasetSection(_Section):
         return v
 
 
-class LoraSection(_Section):
+class LoraSection(Section):
     enabled: bool = Field(True, description="false = full fine-tuning of every weight.")
     r: int = Field(8, ge=1, le=MAX_LORA_RANK)
     alpha: int = Field(16, ge=1)
@@ -232,13 +197,11 @@ class LoraSection(_Section):
     @field_validator("target_modules", "modules_to_save")
     @classmethod
     def _module_names(cls, names: list[str] | None) -> list[str] | None:
-        return _no_blank_entries(names, "module", "give module names such as query or c_attn (or null for the default)")
+        return no_blank_entries(names, "module", "give module names such as query or c_attn (or null for the default)")
 
 
-class TrainingSection(_Section):
-    objective: Objective = Field("sft", description="sft, or preference tuning through TRL: dpo (DPOTrainer) or orpo.")
-    beta: float | None = Field(None, gt=0, description="DPO/ORPO beta (default per objective).")
-    loss_type: DpoLoss | None = Field(None, description="DPO loss (TRL DPOConfig.loss_type; default sigmoid).")
+class TrainingSection(Section):
+    # Keys a recipe leaves out get the defaults of its training.objective (a causal-lm key; recipe_tuning.py).
     _objective_defaults = model_validator(mode="before")(fill_objective_defaults)
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
@@ -292,13 +255,12 @@ class TrainingSection(_Section):
                 problems.append("metric_for_best_model needs evaluation during training (eval_strategy epoch or steps)")
             elif self.save_strategy != self.eval_strategy:
                 problems.append("metric_for_best_model needs save_strategy equal to eval_strategy (the best checkpoint must be saved)")
-        problems += objective_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
 
-class EvaluationSection(_Section):
+class EvaluationSection(Section):
     metrics: list[str] | None = Field(
         None,
         description="evaluate metric names. Shipped offline: accuracy, f1, precision, recall, perplexity, "
@@ -312,50 +274,25 @@ class EvaluationSection(_Section):
     @field_validator("metrics")
     @classmethod
     def _metric_names(cls, names: list[str] | None) -> list[str] | None:
-        return _no_blank_entries(names, "metric", "give metric names such as accuracy or f1")
+        return no_blank_entries(names, "metric", "give metric names such as accuracy or f1")
 
 
-class GenerationSection(_Section):
-    """Text generation with a causal LM: samples written at the end of training, and `hft predict` defaults."""
+class RecipeBase(Section):
+    """The top level of a recipe; `Recipe` (below) adds the task names and the tasks' own sections."""
 
-    prompts: list[str] = Field(
-        default_factory=list,
-        description="Generated with the fine-tuned model at the end of training and saved to samples.jsonl in the run "
-        "directory. With chat data (messages or prompt/response columns) each prompt is a user message formatted with "
-        "the chat template; with plain text it is the start of a text to continue.",
-    )
-    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS, description="Most tokens generated per prompt.")
-    do_sample: bool = Field(False, description="Sample (with temperature and top_p) instead of greedy decoding.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample: true only).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this probability mass (do_sample: true only).")
-
-    @field_validator("prompts")
-    @classmethod
-    def _prompts_have_text(cls, prompts: list[str]) -> list[str]:
-        # Generation from nothing fails at the end of training, after all the work; refuse it up front.
-        return _no_blank_entries(prompts, "prompt", "every prompt needs text to continue or answer") or []
-
-
-class Recipe(_Section):
-    task: TaskName
+    task: str  # replaced by the registry's task names
     model: ModelSection
-    dataset: DatasetSection
+    dataset: DatasetBase  # replaced by the dataset section with the tasks' columns and keys
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
-    generation: GenerationSection = Field(default_factory=GenerationSection, description="Causal LM only.")
-    output_dir: str = Field(description="Run directory written by finetune and read by evaluate, predict and push.")
 
     @model_validator(mode="after")
-    def _columns_fit_task(self) -> Recipe:
-        # Which column roles each task accepts. Setting another one is an error, not silently ignored.
-        allowed = {
-            "text-classification": {"text", "text_pair", "label"},
-            "image-classification": {"image", "label"},
-            "causal-lm": {"text", "messages", "prompt", "response", "chosen", "rejected"},
-        }[self.task]
+    def _columns_fit_task(self) -> RecipeBase:
+        # Which column roles the task reads. Setting another one is an error, not silently ignored.
+        allowed = TASK_OBJECTS[self.task].column_roles
         given = {k for k, v in self.dataset.columns.model_dump().items() if v is not None}
-        extra = sorted(given - allowed)
+        extra = sorted(given - set(allowed))
         if extra:
             raise ValueError(
                 f"dataset.columns.{extra[0]} is not used by task {self.task} (it uses: {', '.join(sorted(allowed))})"
@@ -363,44 +300,26 @@ class Recipe(_Section):
         return self
 
     @model_validator(mode="after")
-    def _causal_lm_settings(self) -> Recipe:
+    def _other_tasks_keys_at_defaults(self) -> RecipeBase:
         # Compared with the defaults (not with what was written) so the resolved recipe of any run re-validates.
-        ds = self.dataset
-        if self.task != "causal-lm":
-            if ds.batching != "padded":
-                raise ValueError(f"dataset.batching {ds.batching} is for task causal-lm; {self.task} batches padded")
-            if ds.end_of_turn_token is not None:
-                raise ValueError(f"dataset.end_of_turn_token is for causal-lm chat data, not task {self.task}")
-            if self.generation != GenerationSection():
-                raise ValueError(f"generation is for task causal-lm; {self.task} generates no text")
-            return self
-        if self.training.objective != "sft" or ds.columns.chosen or ds.columns.rejected:
-            return self  # preference pairs: _tuning
-        c = ds.columns
-        kinds = [k for k, on in (("text", c.text), ("messages", c.messages), ("prompt/response", c.prompt or c.response)) if on]
-        if len(kinds) != 1:
-            given = f" (given: {', '.join(kinds)})" if kinds else ""
-            raise ValueError(
-                "dataset.columns needs exactly one kind of causal-lm data: text (plain text), messages (chat) or "
-                f"prompt and response{given}"
-            )
-        if (c.prompt is None) != (c.response is None):
-            raise ValueError("dataset.columns needs both prompt and response (a prompt/response pair per row)")
-        if ds.batching == "blocks" and c.text is None:
-            raise ValueError("dataset.batching blocks cuts plain text (columns.text) into blocks; chat data uses padded or packed")
-        if ds.end_of_turn_token is not None and c.text is not None:
-            raise ValueError("dataset.end_of_turn_token is for chat data (messages or prompt/response), not plain text")
+        for key, owners in TASK_KEYS.items():
+            if self.task in owners:
+                continue
+            value, default = _value_and_default(self, key)
+            if value != default:
+                shown = "" if isinstance(value, BaseModel) else f" {_plain(value)}"
+                raise ValueError(f"{key}{shown} is for task {' and '.join(owners)}; task {self.task} does not use it")
         return self
 
     @model_validator(mode="after")
-    def _tuning(self) -> Recipe:
-        problems = tuning_problems(self)
+    def _task_rules(self) -> RecipeBase:
+        problems = TASK_OBJECTS[self.task].check_recipe(self) + tuning_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")
-    def _no_access_tokens(self) -> Recipe:
+    def _no_access_tokens(self) -> RecipeBase:
         # A token in a recipe would be copied into recipe.resolved.yaml and published with the model. The value itself
         # is never echoed: the message names only where it is.
         def walk(value: Any, path: str) -> str | None:
@@ -427,6 +346,79 @@ class Recipe(_Section):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _value_and_default(recipe: BaseModel, key: str) -> tuple[Any, Any]:
+    """The recipe's value at a dotted key, and the schema's default there."""
+    *sections, name = key.split(".")
+    node: BaseModel = recipe
+    for part in sections:
+        node = getattr(node, part)
+    return getattr(node, name), type(node).model_fields[name].get_default(call_default_factory=True)
+
+
+def _plain(value: Any) -> str:
+    """A value as YAML writes it (true, null, packed), tokens redacted: messages quote what the user wrote."""
+    shown = {None: "null", True: "true", False: "false"}.get(value, value) if isinstance(value, (bool, type(None))) else value
+    return HF_TOKEN_PATTERN.sub("hf_***", str(shown))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The tasks' part of the schema
+
+TASK_OBJECTS = {name: get_task(name) for name in TASKS}
+# Sections with defaults a task may add keys to (`recipe_fields` keys "<section>.<key>", and "dataset.<key>"); a key
+# without a dot is a section of its own.
+_EXTENSIBLE = {"lora": LoraSection, "training": TrainingSection, "evaluation": EvaluationSection}
+
+
+def _task_fields() -> tuple[dict[str, dict[str, tuple[Any, Any]]], dict[str, list[str]]]:
+    """(section -> key -> (annotation, Field) the tasks add, dotted key -> the tasks that use it), registry order.
+
+    Several tasks may use one key; the first task's declaration of it is the schema's."""
+    fields: dict[str, dict[str, tuple[Any, Any]]] = {}
+    owners: dict[str, list[str]] = {}
+    for name, task in TASK_OBJECTS.items():
+        for key, spec in task.recipe_fields.items():
+            section, _, field_name = key.rpartition(".")
+            if section and section != "dataset" and section not in _EXTENSIBLE:
+                raise TypeError(f"task {name}: recipe_fields key {key!r} names no section of the recipe")
+            fields.setdefault(section, {}).setdefault(field_name, spec)
+            owners.setdefault(key, []).append(name)
+    return fields, owners
+
+
+def _columns() -> type[ColumnsBase]:
+    """The dataset.columns section: every role some task reads, documented with what each task reads from it."""
+    docs: dict[str, list[str]] = {}
+    for name, task in TASK_OBJECTS.items():
+        for role, doc in task.column_roles.items():
+            docs.setdefault(role, []).append(f"{name}: {doc}")
+    roles = {role: (Optional[str], Field(None, description="; ".join(d) + ".")) for role, d in docs.items()}
+    return create_model("Columns", __base__=ColumnsBase, __doc__=ColumnsBase.__doc__, **roles)
+
+
+def _extended(base: type[Section], name: str, extra: dict[str, tuple[Any, Any]]) -> type[Section]:
+    return create_model(name, __base__=base, __doc__=base.__doc__, **extra) if extra else base
+
+
+_FIELDS, TASK_KEYS = _task_fields()
+Columns = _columns()
+DatasetSection = _extended(
+    DatasetBase, "DatasetSection", {"columns": (Columns, Field(default_factory=Columns)), **_FIELDS.get("dataset", {})}
+)
+_SECTIONS = {name: _extended(base, base.__name__, _FIELDS[name]) for name, base in _EXTENSIBLE.items() if name in _FIELDS}
+TaskName = Literal[tuple(TASKS)]
+Recipe = create_model(
+    "Recipe",
+    __base__=RecipeBase,
+    __doc__="A recipe: what to fine-tune on which data, and how.",
+    task=(TaskName, ...),
+    dataset=(DatasetSection, ...),
+    **{name: (section, Field(default_factory=section)) for name, section in _SECTIONS.items()},
+    **_FIELDS.get("", {}),
+    output_dir=(str, Field(description="Run directory written by finetune and read by evaluate, predict and push.")),
+)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Loading
 
@@ -449,17 +441,3 @@ def recipe_json_schema() -> dict:
     schema["title"] = "hftoolkit recipe"
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
-
-
-def diff_recipes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved recipes (for resume/overwrite messages)."""
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        a, b, dotted = old.get(key), new.get(key), f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += diff_recipes(a, b, dotted + ".")
-        elif a != b:
-            changed.append(f"{dotted}: {a!r} -> {b!r}")
-    return changed
-
-

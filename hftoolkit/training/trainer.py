@@ -1,11 +1,14 @@
-"""The Trainer `hft finetune` runs: a resumed run follows the uninterrupted one step for step and reports the same
+"""The trainer `hft finetune` runs: a resumed run follows the uninterrupted one step for step and reports the same
 `train_loss`.
 
-- `EpochSeededLengthGroupedSampler`: length-grouped order drawn from (seed, epoch) alone (see ResumableTrainer).
-- `ResumableTrainer`: that sampler, RNG-neutral evaluation, and the running sum of training losses. Trainer restarts
-  its sum at zero on resume and reports the mean over the resumed steps only; the sum so far is written into each
-  checkpoint's marker (hftoolkit/checkpoints.py, CheckpointMarker) and picked up again by `train(resume_from_checkpoint)`.
+- `ResumableMixin`: put it before any `transformers.Trainer` subclass (TRL's SFTTrainer, DPOTrainer ...) to get the
+  epoch-seeded length-grouped sampler, RNG-neutral evaluation and the running sum of training losses.
+  `ResumableTrainer(ResumableMixin, Trainer)` is the plain one. Trainer restarts its loss sum at zero on resume and
+  reports the mean over the resumed steps only; the sum so far is written into each checkpoint's marker
+  (training/callbacks.py CheckpointMarker) and picked up again by `train(resume_from_checkpoint)`.
+- `EpochSeededLengthGroupedSampler`: length-grouped order drawn from (seed, epoch) alone.
 
+Graceful stop (training/callbacks.py GracefulStop) is a callback, so it works with any of these trainers too.
 Imports transformers and torch: load this module only inside commands.
 """
 
@@ -20,9 +23,12 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import TrainOutput
 
-from hftoolkit.checkpoints import CheckpointMarker, read_marker
+from hftoolkit.run.records import CheckpointInfo
+from hftoolkit.training.callbacks import CheckpointMarker
 
 log = logging.getLogger("hftoolkit")
+# Trainer's guard against dividing by zero steps in its own train_loss formula.
+MIN_STEPS = 0.001
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
@@ -41,8 +47,9 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
-class ResumableTrainer(Trainer):
-    """Trainer that a resumed run follows step for step: epoch-seeded length grouping, RNG-neutral evaluation.
+class ResumableMixin:
+    """Trainer behaviour a resumed run needs to follow the uninterrupted one: epoch-seeded length grouping,
+    RNG-neutral evaluation, and train_loss over the whole run. Mix into any transformers.Trainer subclass.
 
     Trainer's LengthGroupedSampler shuffles with the global torch RNG at the moment an epoch's iterator is created.
     A run resumed in the middle of a later epoch creates that iterator in a freshly seeded process (the checkpoint's
@@ -75,9 +82,9 @@ class ResumableTrainer(Trainer):
         """Trainer.train, reporting `train_loss` as the mean over the whole run's steps when resuming."""
         self._loss_before, self._step_before = 0.0, 0
         if isinstance(resume_from_checkpoint, str):
-            info = read_marker(Path(resume_from_checkpoint))
-            if isinstance(info.get("loss_sum"), (int, float)):
-                self._loss_before, self._step_before = float(info["loss_sum"]), int(info["step"])
+            info = CheckpointInfo.read_or_empty(Path(resume_from_checkpoint))
+            if info.loss_sum is not None:
+                self._loss_before, self._step_before = info.loss_sum, info.step
             else:
                 log.warning(
                     "%s has no loss sum (older hft): train_loss covers the resumed steps only", resume_from_checkpoint
@@ -96,7 +103,7 @@ class ResumableTrainer(Trainer):
 
     def _whole_run_loss(self) -> float:
         # Trainer's own formula (sum / steps), over every step of the run rather than this call's.
-        return (self._loss_before + self._total_loss_scalar) / max(self.state.global_step, 0.001)
+        return (self._loss_before + self._total_loss_scalar) / max(self.state.global_step, MIN_STEPS)
 
     def evaluate(self, *args: Any, **kwargs: Any):
         """Evaluation leaves the training RNG streams as it found them.
@@ -120,8 +127,12 @@ class ResumableTrainer(Trainer):
         return sampler
 
 
+class ResumableTrainer(ResumableMixin, Trainer):
+    """transformers.Trainer with hft's resume behaviour (ResumableMixin)."""
+
+
 class _SamplerEpoch(TrainerCallback):
-    def __init__(self, trainer: ResumableTrainer):
+    def __init__(self, trainer: ResumableMixin):
         self.trainer = trainer
 
     def on_epoch_begin(self, args, state, control, **kwargs):

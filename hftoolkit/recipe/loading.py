@@ -1,8 +1,8 @@
 """Reading a recipe: YAML with line numbers, `--set` / `--unset` in command-line order, and pydantic's errors turned
 into one located line each (`file:line`, or the override that caused the problem).
 
-The schema lives in recipe.py; this module is generic over the root model (passed in), so there is no import cycle.
-Only PyYAML and pydantic are imported: `hft --help` imports recipe.py, which imports this.
+Generic over the root model (passed in by recipe/schema.py), so it knows no recipe key. Only PyYAML and pydantic
+are imported: `hft validate` reads recipes, and the schema module imports this.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from hftoolkit.errors import RecipeError
+from hftoolkit.safety import HF_TOKEN_PATTERN
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,6 @@ def read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
 
 
 def _redacted(text: str) -> str:
-    from hftoolkit.recipe import HF_TOKEN_PATTERN  # defined with the schema; imported late to avoid the cycle
-
     return HF_TOKEN_PATTERN.sub("hf_***", text)
 
 

@@ -2,8 +2,9 @@
 
 Rendering goes through huggingface_hub (`ModelCardData`, `EvalResult`, `ModelCard.from_template`) so the YAML
 header and its model-index are exactly what the Hub parses. The card is a pure function of `CardInputs`, which
-`push.py` builds from the run's (already sanitized) files: no dates, no absolute paths, no network, so the same
-run always renders the same bytes (tests/golden/model_card.md pins them).
+publish/inspect.py builds from the run's (already sanitized) records: no dates, no absolute paths, no network, so the
+same run always renders the same bytes (tests/golden/model_card.md pins them). What differs between tasks (pipeline
+tag, Auto classes, generation or labels, the example input) comes from the task's `card_fields()`, never from its name.
 """
 
 from __future__ import annotations
@@ -13,9 +14,15 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hftoolkit.errors import PushError
+from hftoolkit.publish.card_tuning import quantized_loading, trainer_phrase, tuning_hyperparameters
+
+if TYPE_CHECKING:
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport, EvalResults, Manifest
+    from hftoolkit.tasks.base import CardFields
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 
@@ -27,31 +34,25 @@ HUB_ONLY_LICENSES = frozenset({
     "llama3.1", "llama3.2", "llama3.3", "llama4", "gemma", "apple-ascl", "apple-amlr", "intel-research",
 })
 
-TASK_TITLES = {
-    "text-classification": "Text Classification",
-    "image-classification": "Image Classification",
-    "text-generation": "Text Generation",
-}
-# The trainer each objective trains with (what the card says the model was trained with).
-TRAINERS = {"sft": ("the transformers", "Trainer"), "dpo": ("TRL's", "DPOTrainer"), "orpo": ("TRL's", "ORPOTrainer")}
+# The snippet feeds an image processor images (PIL) and a tokenizer text: the processor class decides, not the task.
+IMAGE_PROCESSOR = "AutoImageProcessor"
 # Scores hft reports that are not metrics in the model-index sense.
 NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch")
 
 
 @dataclass
 class CardInputs:
-    """Everything the card says. `push.py` fills it from a run; the golden test from fixed JSON."""
+    """Everything the card says. publish/inspect.py fills it from a run; the golden test from fixed JSON."""
 
     repo_id: str
     kind: str  # adapter | merged | full
     task: str  # the recipe's task
-    pipeline_tag: str
-    auto_model: str  # transformers Auto class of the task
-    recipe: dict[str, Any]  # the published (sanitized) resolved recipe
+    fields: CardFields  # what the task contributes (pipeline tag, Auto classes, ...)
+    recipe: Recipe  # the published (sanitized) resolved recipe
     recipe_yaml: str
-    manifest: dict[str, Any]  # the published (sanitized) manifest
-    data_report: dict[str, Any]
-    eval_results: dict[str, Any]  # the published (sanitized) eval_results.json
+    manifest: Manifest  # the published (sanitized) manifest
+    data_report: DataReport
+    eval_results: EvalResults  # the published (sanitized) eval_results.json
     license: str | None
     license_source: str  # where the license came from, said in the card
     base_model: str | None  # Hub id of the base model, None for a local one
@@ -160,22 +161,21 @@ def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _dataset(inputs: CardInputs) -> dict[str, Any]:
-    ds_recipe = inputs.recipe.get("dataset", {})
-    ds_manifest = inputs.manifest.get("dataset", {})
+    ds_recipe, ds_manifest = inputs.recipe.dataset, inputs.manifest.dataset
     hub_id = inputs.dataset_id
-    files = ds_recipe.get("files") or {}
+    files = ds_recipe.files or {}
     formats = sorted({Path(f).suffix.lstrip(".").replace("jsonl", "json").replace("tsv", "csv") for f in files.values()})
     return {
         "hub_id": hub_id,
-        "display": hub_id or ds_recipe.get("name") or f"local {'/'.join(formats) or 'data'} files",
+        "display": hub_id or ds_recipe.name or f"local {'/'.join(formats) or 'data'} files",
         "type": hub_id or (formats[0] if len(formats) == 1 else "local"),
         "name": hub_id or f"local {'/'.join(formats) or 'data'} files",
-        "config": ds_recipe.get("config"),
-        "revision": ds_recipe.get("revision"),
-        "commit": ds_manifest.get("commit"),
+        "config": ds_recipe.config,
+        "revision": ds_recipe.revision,
+        "commit": ds_manifest.commit if ds_manifest else None,
         "files": files,
-        "split_names": ds_manifest.get("split_names") or {},
-        "notes": ds_manifest.get("notes") or [],
+        "split_names": ds_manifest.split_names if ds_manifest else {},
+        "notes": ds_manifest.notes if ds_manifest else [],
     }
 
 
@@ -185,15 +185,15 @@ def eval_results_metadata(inputs: CardInputs) -> list:
 
     ev = inputs.eval_results
     ds = _dataset(inputs)
-    split = ev.get("split")
+    split = ev.split
     out = []
-    for name, value in (ev.get("metrics") or {}).items():
+    for name, value in ev.metrics.items():
         if name in NOT_METRICS or not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         out.append(
             EvalResult(
-                task_type=inputs.pipeline_tag,
-                task_name=TASK_TITLES.get(inputs.pipeline_tag, inputs.pipeline_tag),
+                task_type=inputs.fields.pipeline_tag,
+                task_name=inputs.fields.title,
                 dataset_type=ds["type"],
                 dataset_name=ds["name"],
                 dataset_config=ds["config"],
@@ -212,10 +212,10 @@ def card_data(inputs: CardInputs):
 
     ds = _dataset(inputs)
     adapter = inputs.kind == "adapter"
-    tags = ["hftoolkit", inputs.pipeline_tag]
-    if inputs.recipe.get("lora", {}).get("enabled"):
+    tags = ["hftoolkit", inputs.fields.pipeline_tag]
+    if inputs.recipe.lora.enabled:
         tags += ["lora", "peft"] if adapter else ["lora", "merged-lora"]
-    metric_names = [n for n in (inputs.eval_results.get("metrics") or {}) if n not in NOT_METRICS]
+    metric_names = [n for n in inputs.eval_results.metrics if n not in NOT_METRICS]
     return ModelCardData(
         base_model=inputs.base_model,
         datasets=[ds["hub_id"]] if ds["hub_id"] else None,
@@ -224,7 +224,7 @@ def card_data(inputs: CardInputs):
         license=inputs.license,
         metrics=metric_names or None,
         model_name=inputs.repo_id.split("/")[-1],
-        pipeline_tag=inputs.pipeline_tag,
+        pipeline_tag=inputs.fields.pipeline_tag,
         tags=tags,
         eval_results=eval_results_metadata(inputs) or None,
     )
@@ -232,59 +232,40 @@ def card_data(inputs: CardInputs):
 
 def _hyperparameters(inputs: CardInputs) -> list[tuple[str, Any]]:
     recipe, manifest = inputs.recipe, inputs.manifest
-    train, lora = recipe.get("training", {}), recipe.get("lora", {})
+    train, lora = recipe.training, recipe.lora
     hyper = [
-        ("epochs", train.get("epochs")), ("max_steps", train.get("max_steps")),
-        ("per-device batch size", train.get("batch_size")),
-        ("gradient accumulation steps", train.get("gradient_accumulation_steps")),
-        ("world size (processes)", manifest.get("world_size")), ("learning rate", train.get("learning_rate")),
-        ("scheduler", train.get("scheduler")), ("warmup ratio", train.get("warmup_ratio")),
-        ("weight decay", train.get("weight_decay")), ("max grad norm", train.get("max_grad_norm")),
-        ("precision", manifest.get("precision")), ("seed", manifest.get("seed", train.get("seed"))),
-        ("max sequence length", recipe.get("dataset", {}).get("max_length")),
+        ("epochs", train.epochs), ("max_steps", train.max_steps), ("per-device batch size", train.batch_size),
+        ("gradient accumulation steps", train.gradient_accumulation_steps),
+        ("world size (processes)", manifest.world_size), ("learning rate", train.learning_rate),
+        ("scheduler", train.scheduler), ("warmup ratio", train.warmup_ratio), ("weight decay", train.weight_decay),
+        ("max grad norm", train.max_grad_norm), ("precision", manifest.precision),
+        ("seed", train.seed if manifest.seed is None else manifest.seed),
+        ("max sequence length", recipe.dataset.max_length),
     ]
-    if lora.get("enabled"):
+    if lora.enabled:
         hyper += [
-            ("LoRA rank r", lora.get("r")), ("LoRA alpha", lora.get("alpha")), ("LoRA dropout", lora.get("dropout")),
-            ("LoRA target modules", sorted(inputs.lora_targets or lora.get("target_modules") or []) or "PEFT default"),
-            ("modules trained fully (saved with the adapter)", lora.get("modules_to_save") or "the task head"),
+            ("LoRA rank r", lora.r), ("LoRA alpha", lora.alpha), ("LoRA dropout", lora.dropout),
+            ("LoRA target modules", sorted(inputs.lora_targets or lora.target_modules or []) or "PEFT default"),
+            ("modules trained fully (saved with the adapter)", lora.modules_to_save or "the task head"),
         ]
     hyper += tuning_hyperparameters(recipe)
-    params = manifest.get("parameters") or {}
-    if params.get("total"):
-        share = 100 * params["trainable"] / params["total"]
-        hyper.append(("trainable parameters", f"{params['trainable']:,} of {params['total']:,} ({share:.2f}%)"))
+    params = manifest.parameters
+    if params and params.total:
+        share = 100 * params.trainable / params.total
+        hyper.append(("trainable parameters", f"{params.trainable:,} of {params.total:,} ({share:.2f}%)"))
     return [(k, v) for k, v in hyper if v is not None]
-
-
-def tuning_hyperparameters(recipe: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Objective, quantized base and LoRA variant rows, present only when the run used them (SFT cards unchanged)."""
-    train, lora, quant = recipe.get("training", {}), recipe.get("lora", {}), recipe.get("model", {}).get("quantization")
-    rows: list[tuple[str, Any]] = []
-    if train.get("objective", "sft") != "sft":
-        rows += [("objective", f"{train['objective']} (TRL {TRAINERS[train['objective']][1]})"), ("beta", train.get("beta"))]
-        rows += [("DPO loss", train.get("loss_type"))] if train.get("loss_type") else []
-    if quant:
-        kind = f"{quant['bits']}-bit" + (f" {quant['type']}{', double quantization' if quant['double_quant'] else ''}"
-                                         if quant["bits"] == 4 else " (LLM.int8)")
-        rows.append(("base model loaded", f"{kind} through bitsandbytes, compute dtype {quant['compute_dtype']}"))
-    if lora.get("enabled"):
-        rows += [(name, True) for name, key in (("DoRA", "use_dora"), ("rsLoRA", "use_rslora")) if lora.get(key)]
-        if lora.get("init", "default") != "default":
-            rows.append(("LoRA init", lora["init"]))
-    return rows
 
 
 def _limitations(inputs: CardInputs, ds: dict[str, Any], labels: list[str], truncated: dict[str, float]) -> list[str]:
     ev = inputs.eval_results
     limitations = [
-        f"Scores come from {ev.get('num_examples', '?')} examples of the {ev.get('split', '?')} split of "
+        f"Scores come from {ev.num_examples} examples of the {ev.split} split of "
         f"{ds['display']}; expect different numbers on other data.",
     ]
     if truncated:
         worst = max(truncated.values())
         limitations.append(
-            f"Inputs are cut at {inputs.recipe.get('dataset', {}).get('max_length')} tokens; up to {worst:.1%} of the "
+            f"Inputs are cut at {inputs.recipe.dataset.max_length} tokens; up to {worst:.1%} of the "
             "examples of a split were truncated during training and evaluation."
         )
     if labels:
@@ -305,17 +286,6 @@ def _limitations(inputs: CardInputs, ds: dict[str, Any], labels: list[str], trun
     return limitations
 
 
-def _quantized(recipe: dict[str, Any]) -> dict[str, Any] | None:
-    """How the card's code loads the base the adapter was trained on (BitsAndBytesConfig arguments), if quantized."""
-    q = recipe.get("model", {}).get("quantization")
-    if not q:
-        return None
-    if q["bits"] == 8:
-        return {"bits": 8, "args": "load_in_8bit=True"}
-    args = f'load_in_4bit=True, bnb_4bit_quant_type="{q["type"]}", bnb_4bit_use_double_quant={q["double_quant"]}'
-    return {"bits": 4, "args": args}
-
-
 def _dataset_shown(ds: dict[str, Any]) -> dict[str, Any]:
     """The dataset facts as the card body shows them (the metadata gets the raw values)."""
     return {
@@ -328,49 +298,74 @@ def _dataset_shown(ds: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _context(inputs: CardInputs) -> dict[str, Any]:
-    """The template's variables, each escaped for the place it is rendered (see the helpers above)."""
-    recipe, manifest, report, ev = inputs.recipe, inputs.manifest, inputs.data_report, inputs.eval_results
-    ds = _dataset(inputs)
-    labels = manifest.get("labels") or ev.get("labels") or []
-    counts = report.get("label_counts") or {}
-    roles = [r for r in ("train", "validation", "test") if r in counts]
-    label_rows = [[str(i), name] + [counts[r].get(name, 0) for r in roles] for i, name in enumerate(labels)]
-    sizes = report.get("split_sizes") or {}
-    split_rows = [(role, ds["split_names"].get(role, role), n) for role, n in sizes.items()]
-    tl = report.get("token_lengths") or {}
-    truncated = {k: v for k, v in (report.get("truncated_share") or {}).items() if v}
-    base_ref = inputs.base_model or (recipe.get("model", {}).get("name") or "a local model")
-    versions = manifest.get("versions") or {}
+def shell_word(value: Any) -> str:
+    """`value` as one shell word: bare when nothing in it needs quoting, else in double quotes (as a user types it)."""
+    text = _CONTROL.sub(" ", str(value))
+    if shlex.quote(text) == text:
+        return text
+    return '"' + re.sub(r'(["\\$`])', r"\\\1", text) + '"'
+
+
+def _usage(inputs: CardInputs, base_ref: str) -> dict[str, Any]:
+    """The "How to use" snippets: what the task says loads and feeds the model, as Python and shell literals."""
+    fields = inputs.fields
     return {
-        "title": md_text(inputs.repo_id.split("/")[-1]),
         "repo_id_py": python_str(inputs.repo_id),
         "repo_id_sh": shlex.quote(inputs.repo_id),
-        "kind": inputs.kind,
-        "task": md_text(inputs.task),
-        "auto_model": inputs.auto_model,
-        "base_ref": md_text(base_ref),
+        "auto_model": fields.auto_model,
+        "auto_processor": fields.auto_processor,
+        "generates_text": fields.generates_text,
+        "image_input": fields.auto_processor == IMAGE_PROCESSOR,
+        "example_py": python_str(fields.predict_example),
+        "example_sh": shell_word(fields.predict_example),
         "base_ref_py": python_str(base_ref),
         "base_revision_py": inputs.base_revision and python_str(inputs.base_revision),
-        "license": md_text(inputs.license),
-        "license_source": md_text(inputs.license_source),
+    }
+
+
+def _data(inputs: CardInputs, ds: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """The training-data section: labels, splits, dropped rows, token lengths, notes."""
+    report = inputs.data_report
+    counts = report.label_counts
+    roles = [r for r in ("train", "validation", "test") if r in counts]
+    label_rows = [[str(i), name] + [counts[r].get(name, 0) for r in roles] for i, name in enumerate(labels)]
+    split_rows = [(role, ds["split_names"].get(role, role), n) for role, n in report.split_sizes.items()]
+    return {
         "dataset": _dataset_shown(ds),
-        "labels": labels,
         "label_header": [md_text(h) for h in ["id", "label"] + [f"{r} rows" for r in roles]],
         "label_rows": [[md_text(cell) for cell in row] for row in label_rows],
         "split_rows": [tuple(md_text(cell) for cell in row) for row in split_rows],
-        "dropped": sorted((md_text(reason), md_text(n)) for reason, n in (report.get("dropped") or {}).items()),
-        "data_notes": [md_inline(_no_paths(n)) for n in list(ds["notes"]) + list(report.get("notes") or [])],
-        "token_lengths": {k: v if isinstance(v, (int, float)) else md_text(v) for k, v in tl.items()},
+        "dropped": sorted((md_text(reason), md_text(n)) for reason, n in report.dropped.items()),
+        "data_notes": [md_inline(_no_paths(n)) for n in list(ds["notes"]) + list(report.notes)],
+        "token_lengths": {k: v if isinstance(v, (int, float)) else md_text(v) for k, v in report.token_lengths.items()},
+    }
+
+
+def _context(inputs: CardInputs) -> dict[str, Any]:
+    """The template's variables, each escaped for the place it is rendered (see the helpers above)."""
+    recipe, manifest, ev = inputs.recipe, inputs.manifest, inputs.eval_results
+    ds = _dataset(inputs)
+    labels = (manifest.labels or ev.labels or []) if inputs.fields.has_labels else []
+    truncated = {k: v for k, v in inputs.data_report.truncated_share.items() if v}
+    base_ref = inputs.base_model or recipe.model.name or "a local model"
+    return {
+        **_usage(inputs, base_ref),
+        **_data(inputs, ds, labels),
+        "title": md_text(inputs.repo_id.split("/")[-1]),
+        "kind": inputs.kind,
+        "task": md_text(inputs.task),
+        "base_ref": md_text(base_ref),
+        "license": md_text(inputs.license),
+        "license_source": md_text(inputs.license_source),
         "truncated": {md_text(role): share for role, share in truncated.items()},
         "hyper": [(k, md_text(_fmt(v))) for k, v in _hyperparameters(inputs)],
-        "eval_split": md_text(ev.get("split")),
-        "eval_examples": md_text(ev.get("num_examples")),
-        "eval_rows": [(md_text(name), value) for name, value in _metric_rows(ev.get("metrics") or {})],
-        "versions": sorted((md_text(k), md_text(v)) for k, v in versions.items()),
+        "eval_split": md_text(ev.split),
+        "eval_examples": md_text(ev.num_examples),
+        "eval_rows": [(md_text(name), value) for name, value in _metric_rows(ev.metrics)],
+        "versions": sorted((md_text(k), md_text(v)) for k, v in manifest.versions.items()),
         "has_loss_curve": inputs.has_loss_curve,
-        "trainer": "{} `{}`".format(*TRAINERS[recipe.get("training", {}).get("objective", "sft")]),
-        "quantized": _quantized(recipe),
+        "trainer": trainer_phrase(recipe),
+        "quantized": quantized_loading(recipe),
         "recipe_yaml": inputs.recipe_yaml.rstrip("\n"),
         "recipe_fence": code_fence(inputs.recipe_yaml),
         "limitations": [md_text(item) for item in _limitations(inputs, ds, labels, truncated)],
