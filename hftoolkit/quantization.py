@@ -66,9 +66,10 @@ def quantized_base(ref: str, recipe: Recipe, kwargs: dict[str, Any]) -> tuple[st
 
     m = recipe.model
     _require_bitsandbytes(m.name)
+    if m.gguf_file:  # `kwargs` still load the GGUF file (dequantized), once, into the cache folder
+        ref = str(dequantized_gguf(ref, recipe, kwargs))
     kwargs = {k: v for k, v in kwargs.items() if k not in ("gguf_file", "quantization_config", "use_safetensors")}
     if m.gguf_file:
-        ref = str(dequantized_gguf(ref, recipe))
         kwargs.pop("revision", None)  # the cache folder has no revisions
     kwargs["quantization_config"] = bnb_config(m.quantization, choose_precision(recipe.training.precision))
     kwargs["use_safetensors"] = True
@@ -133,11 +134,10 @@ def _gguf_path(ref: str, recipe: Recipe) -> Path:
     return Path(hf_hub_download(ref, recipe.model.gguf_file, revision=recipe.model.revision))
 
 
-def dequantized_gguf(ref: str, recipe: Recipe) -> Path:
-    """The GGUF checkpoint dequantized into a safetensors folder of the HF cache (written once, atomically)."""
+def dequantized_gguf(ref: str, recipe: Recipe, kwargs: dict[str, Any]) -> Path:
+    """The GGUF checkpoint dequantized into a safetensors folder of the HF cache (written once, atomically);
+    `kwargs` are the `from_pretrained` arguments that load the GGUF file dequantized (modeling.weight_kwargs)."""
     from huggingface_hub import constants
-
-    from hftoolkit.modeling import load_kwargs, weight_kwargs
 
     gguf = _gguf_path(ref, recipe)
     folder = Path(constants.HF_HOME) / GGUF_CACHE / _sha256(gguf)
@@ -146,8 +146,7 @@ def dequantized_gguf(ref: str, recipe: Recipe) -> Path:
     import transformers
 
     log.info("model.quantization: dequantizing %s once into %s, to load it with bitsandbytes", gguf.name, folder)
-    kwargs = {**load_kwargs(recipe.model), **weight_kwargs(recipe.model)}
-    model = transformers.AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+    model = transformers.AutoModelForCausalLM.from_pretrained(ref, **{k: v for k, v in kwargs.items() if k != "config"})
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     model.save_pretrained(str(partial))
     try:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from hftoolkit.data import column_values, require_columns
 from hftoolkit.errors import DataError, HftError
 from hftoolkit.tasks._chat import CHAT_ROLES, ChatFormat
-from hftoolkit.tasks._text import tokenizer_identity
+from hftoolkit.tasks._text import length_stats, tokenizer_identity
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -40,6 +40,7 @@ TESTED_TRL = ">=1.16,<1.17"  # pyproject's `preference` extra; ORPO lives in trl
 # Tokens a pair's prompt must leave free within max_length: the BOS token ORPO may prepend, and one completion token.
 RESERVED_TOKENS = 2
 PREPROCESS_VERSION = 1
+LENGTH_SAMPLE = 10000  # training pairs the token-length statistics are computed on (as for SFT)
 
 
 class BadPair(Exception):
@@ -241,7 +242,5 @@ def build_features(splits: dict[str, Dataset], recipe: Recipe, tokenizer: Any, r
         report.truncated_share[role] = sum(truncated) / max(len(truncated), 1)
         out[role] = kept.remove_columns(["truncated", "keep"])
     if "train" in out and len(out["train"]):
-        from hftoolkit.tasks.causal_lm import _length_stats
-
-        report.token_lengths = _length_stats(out["train"]["length"][:10000])
+        report.token_lengths = length_stats(out["train"]["length"][:LENGTH_SAMPLE])
     return out

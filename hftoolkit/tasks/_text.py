@@ -88,6 +88,13 @@ def check_texts(
                 )
 
 
+def length_stats(lengths: list[int]) -> dict[str, float]:
+    """Token-length statistics of a sample of training examples, as the data report shows them."""
+    s = sorted(lengths)
+    p95 = s[min(len(s) - 1, int(len(s) * 0.95))]
+    return {"sample": len(s), "mean": sum(s) / len(s), "p50": s[len(s) // 2], "p95": p95, "max": s[-1]}
+
+
 def warn_image_paths(inputs: list[str]) -> None:
     """`hft predict` on a text run: an input that looks like an image file name was probably meant for an image run."""
     for n, item in enumerate(inputs, 1):

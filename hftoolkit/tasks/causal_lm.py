@@ -24,7 +24,7 @@ from hftoolkit.recipe.base import Section, no_blank_entries
 from hftoolkit.recipe_tuning import PREFERENCE_FIELDS, preference_problems
 from hftoolkit.tasks._chat import ChatFormat, check_conversations
 from hftoolkit.tasks._packing import IGNORE_INDEX, cut_blocks, pack_rows
-from hftoolkit.tasks._text import check_texts, ensure_pad_token, tokenizer_identity, warn_image_paths
+from hftoolkit.tasks._text import check_texts, ensure_pad_token, length_stats, tokenizer_identity, warn_image_paths
 from hftoolkit.tasks.base import TaskBase
 
 if TYPE_CHECKING:
@@ -46,12 +46,6 @@ MAX_NEW_TOKENS = 131_072
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _length_stats(lengths: list[int]) -> dict[str, float]:
-    s = sorted(lengths)
-    p95 = s[min(len(s) - 1, int(len(s) * 0.95))]
-    return {"sample": len(s), "mean": sum(s) / len(s), "p50": s[len(s) // 2], "p95": p95, "max": s[-1]}
 
 
 def _chat_mode(options: dict[str, Any], tokenizer: Any) -> bool:
@@ -253,7 +247,7 @@ class CausalLM(TaskBase):
             for role, split in splits.items()
         }
         if len(features["train"]):
-            report.token_lengths = _length_stats(features["train"]["length"][:LENGTH_SAMPLE])
+            report.token_lengths = length_stats(features["train"]["length"][:LENGTH_SAMPLE])
         if blocks:
             features = {role: cut_blocks(f, role, max_length, report) for role, f in features.items()}
         return features

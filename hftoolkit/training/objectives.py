@@ -1,8 +1,8 @@
-"""What `training.objective` changes around the trainer, without importing TRL (SFT runs never load it).
+"""What `training.objective` changes around the trainer, without importing TRL for SFT runs.
 
-The arguments class and settings of a preference objective (TRL's DPOConfig / ORPOConfig, built by the one recipe ->
-arguments mapping in args.py), the lines `hft validate` prints about it, and dropping TRL's frozen adapter copy once
-it is not needed. The TRL trainers themselves are in preference.py.
+The arguments class and settings of a preference objective (TRL's DPOConfig / ORPOConfig, imported only then) for
+the one recipe -> arguments mapping in args.py, the lines `hft validate` prints about it, and dropping TRL's frozen
+adapter copy once it is not needed. The TRL trainers themselves are in preference.py.
 """
 
 from __future__ import annotations
@@ -18,11 +18,19 @@ TRAINER_NAMES = {"dpo": "TRL DPOTrainer", "orpo": "TRL ORPOTrainer (trl.experime
 
 def objective_arguments(recipe: Recipe) -> dict[str, Any]:
     """`training_arguments` overrides for the recipe's objective: {} for SFT; TRL's config class and settings else."""
-    if recipe.training.objective == "sft":
+    t = recipe.training
+    if t.objective == "sft":
         return {}
-    from hftoolkit.training.preference import preference_arguments
+    if t.objective == "dpo":
+        from trl import DPOConfig
 
-    return preference_arguments(recipe)
+        # TRL 1.16 supports only keep_start: the prompt is kept whole and the completions are cut at max_length.
+        settings = {"args_class": DPOConfig, "loss_type": [t.loss_type], "truncation_mode": "keep_start"}
+    else:
+        from trl.experimental.orpo import ORPOConfig
+
+        settings = {"args_class": ORPOConfig}
+    return {**settings, "beta": t.beta, "max_length": recipe.dataset.max_length, "dataset_num_proc": recipe.dataset.num_proc}
 
 
 def full_reference_copy(recipe: Recipe) -> bool:

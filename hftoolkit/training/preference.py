@@ -20,11 +20,11 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
-from trl import DPOConfig, DPOTrainer
-from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+from trl import DPOTrainer
+from trl.experimental.orpo import ORPOTrainer
 
 from hftoolkit.recipe_tuning import BASE_REWRITING_INITS
-from hftoolkit.training.objectives import drop_reference_adapter, full_reference_copy
+from hftoolkit.training.objectives import drop_reference_adapter, full_reference_copy, objective_arguments
 from hftoolkit.training.trainer import ResumableMixin
 
 if TYPE_CHECKING:
@@ -48,19 +48,6 @@ class HftORPOTrainer(ResumableMixin, ORPOTrainer):
 
 
 TRAINERS = {"dpo": HftDPOTrainer, "orpo": HftORPOTrainer}
-CONFIGS = {"dpo": DPOConfig, "orpo": ORPOConfig}
-
-
-def preference_arguments(recipe: Recipe) -> dict[str, Any]:
-    """TRL's config class of the objective and its settings, as overrides of the recipe -> arguments mapping."""
-    t = recipe.training
-    settings: dict[str, Any] = {
-        "args_class": CONFIGS[t.objective], "beta": t.beta, "max_length": recipe.dataset.max_length,
-        "dataset_num_proc": recipe.dataset.num_proc,
-    }
-    if t.objective == "dpo":
-        settings.update(loss_type=[t.loss_type], truncation_mode="keep_start")
-    return settings
 
 
 def build_trainer(
@@ -102,7 +89,7 @@ def evaluate_split(recipe: Recipe, task: Task, model: Any, processor: Any, featu
     if full_reference_copy(recipe):
         reference = load_model(task, recipe, None).eval().requires_grad_(False)
     with tempfile.TemporaryDirectory(prefix="hft-eval-") as tmp:
-        args = prediction_arguments(recipe, tmp, per_device_eval_batch_size=batch_size, **preference_arguments(recipe))
+        args = prediction_arguments(recipe, tmp, per_device_eval_batch_size=batch_size, **objective_arguments(recipe))
         # TRL needs a training set to build a trainer, and ORPO tokenizes only the datasets it is built with: the scored
         # split is both (datasets caches its tokenization under one fingerprint, so it is tokenized once).
         split = {"train": features, "validation": features}
