@@ -1,9 +1,9 @@
 """Scenario `dpo-overhead`: hft's DPO vs TRL's `DPOTrainer` written by hand, same model, data and settings.
 
-SmolLM2-135M-Instruct (the shared GGUF dequantized once to safetensors) + LoRA r=16 (q_proj, v_proj), the shortest
-HH-RLHF harmless pairs from ../shared, max_length 128, batch 4, fp32 (hft's `precision: auto` on a CPU without
-native bf16; the baseline is told the same), random batch order on both sides (hft's length grouping off, so the
-batches hold the same pairs). The baseline is what TRL's documentation shows: `DPOTrainer(model, args=DPOConfig(...),
+SmolLM2-135M-Instruct (the shared GGUF dequantized once to safetensors) + LoRA r=16 (q_proj, v_proj), real HH-RLHF
+harmless pairs from ../shared (bench/preference_defaults.py real_pairs), max_length 128, batch 4, fp32 (hft's
+`precision: auto` on a CPU without native bf16; the baseline is told the same), random batch order on both sides
+(hft's length grouping off, so the batches hold the same pairs). The baseline is what TRL's documentation shows: `DPOTrainer(model, args=DPOConfig(...),
 train_dataset=load_dataset("json", ...), processing_class=tokenizer, peft_config=LoraConfig(...))`.
 Metric: non-padding tokens per second of the training steps (bench/probe.py counts every Trainer's steps).
 Target: hft within 5% of TRL (hft must add no cost on top of the library it uses). `--smoke`: the tiny Llama.
@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.harness import Comparison, Plan
 from bench.lora_memory import _smollm2_safetensors
-from bench.preference_defaults import shortest_pairs
+from bench.preference_defaults import real_pairs
 
 TARGET = 0.95
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
@@ -34,7 +34,7 @@ def plan(args: Any, out: Path) -> Plan:
         files = {k: str(v) for k, v in lm_preference_data(out / "pairs", {"train": 16, "validation": 4}).items()}
         config = {"model": str(model), "files": files, "max_length": 64, "steps": 3}
     else:
-        config = {"model": _smollm2_safetensors(out), "files": shortest_pairs(out, 64, 8), "max_length": 128,
+        config = {"model": _smollm2_safetensors(out), "files": real_pairs(out, 64, 8), "max_length": 128,
                   "steps": int(given.get("steps", 6))}
     config.update(batch_size=4, learning_rate=5e-5, beta=0.1, seed=42)
     return Plan(

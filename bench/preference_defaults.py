@@ -1,8 +1,8 @@
 """Scenario `preference-defaults`: the per-objective defaults (learning rate, beta, epochs) of DPO and ORPO, measured.
 
 SmolLM2-135M-Instruct (the shared GGUF dequantized once to safetensors) + LoRA r=16, trained through hft on the
-shortest real HH-RLHF harmless pairs in ../shared (seeded split: `-o train=N` pairs to train on, 64 held out),
-max_length 96, batch 8. Each variant is one (objective, learning rate, beta, epochs) point; the score is TRL's own
+real-data test's HH-RLHF harmless pairs in ../shared (chosen declines, rejected does not: tests/fixtures.py
+hh_decline_pairs; seeded split: `-o train=N` pairs to train on, 64 held out), max_length 64, batch 8. Each variant is one (objective, learning rate, beta, epochs) point; the score is TRL's own
 held-out `eval_rewards/accuracies` and `eval_rewards/margins` after training (untrained: 0 and 0, since policy ==
 reference). ORPO's rewards are beta-scaled log-probabilities (no reference), so its accuracy is the comparable one.
 Variant names: `dpo-lr5e-05-b0.1-e1` and so on; `-o variants=a,b` picks a subset. `--smoke`: tiny Llama, one variant.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +29,25 @@ SWEEP = (
 )
 
 
-def shortest_pairs(out: Path, n_train: int, n_held_out: int = HELD_OUT, seed: int = 0) -> dict[str, str]:
-    """The shortest usable HH-RLHF pairs (no empty reply), shuffled with `seed`, as train / validation jsonl files."""
-    rows = [json.loads(line) for line in (shared_dir() / HH).read_text().splitlines()]
-    usable = [r for r in rows if all(m["content"].strip() for side in ("chosen", "rejected") for m in r[side])]
-    shortest = sorted(usable, key=lambda r: len(json.dumps(r)))[: n_train + n_held_out]
-    random.Random(seed).shuffle(shortest)
+def real_pairs(out: Path, n_train: int, n_held_out: int = HELD_OUT) -> dict[str, str]:
+    """The real-data test's pairs (tests/fixtures.py hh_decline_pairs): train / validation jsonl files."""
+    from tests.fixtures import hh_decline_pairs
+
+    pairs = hh_decline_pairs(shared_dir() / HH, n_train + n_held_out)
     files = {}
-    for role, part in (("train", shortest[:n_train]), ("validation", shortest[n_train:])):
-        path = out / f"hh-{role}-{n_train}.jsonl"
+    for role, part in (("train", pairs[:n_train]), ("validation", pairs[n_train:])):
+        path = out / f"hh-{role}-{n_train}-{n_held_out}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in part))
         files[role] = str(path)
     return files
 
 
 def parse(variant: str) -> dict[str, Any]:
-    objective, lr, beta, epochs = variant.split("-")
-    return {"objective": objective, "learning_rate": float(lr[2:]), "beta": float(beta[1:]), "epochs": float(epochs[1:])}
+    """`dpo-lr5e-05-b0.1-e1` -> the training keys of that sweep point."""
+    m = re.fullmatch(r"(dpo|orpo)-lr([0-9.e+-]+)-b([0-9.]+)-e([0-9.]+)", variant)
+    if m is None:
+        raise SystemExit(f"preference-defaults: variant {variant!r} is not OBJECTIVE-lrLR-bBETA-eEPOCHS")
+    return {"objective": m[1], "learning_rate": float(m[2]), "beta": float(m[3]), "epochs": float(m[4])}
 
 
 def plan(args: Any, out: Path) -> Plan:
@@ -59,8 +61,8 @@ def plan(args: Any, out: Path) -> Plan:
         files = {k: str(v) for k, v in lm_preference_data(out / "pairs", {"train": 16, "validation": 8}).items()}
         config, variants = {"model": str(model), "files": files, "max_length": 64}, ["dpo-lr5e-03-b0.1-e1"]
     else:
-        config = {"model": _smollm2_safetensors(out), "files": shortest_pairs(out, int(given.get("train", 32))),
-                  "max_length": 96}
+        config = {"model": _smollm2_safetensors(out), "files": real_pairs(out, int(given.get("train", 32))),
+                  "max_length": 64}
         variants = str(given["variants"]).split(",") if "variants" in given else list(SWEEP)
     config.update(batch_size=8, seed=42)
     return Plan(
