@@ -12,11 +12,13 @@ import shlex
 import sys
 import traceback
 from pathlib import Path
+from enum import Enum
 from typing import Callable, List, Optional
 
 import typer
 
 from hftoolkit import __version__
+from hftoolkit.commands.export import DEFAULT_MAX_DIFF, DEFAULT_MAX_DROP, QUANTIZE_CHOICES
 from hftoolkit.errors import HftError
 
 app = typer.Typer(
@@ -34,6 +36,8 @@ _state = {"debug": False}
 SetOption = typer.Option(
     None, "--set", help="Override a recipe value: key.path=value (repeatable; values are YAML scalars).", metavar="KEY=VALUE"
 )
+
+Quantize = Enum("Quantize", {name: name for name in QUANTIZE_CHOICES}, type=str)  # --quantize choices
 
 RevisionOption = typer.Option(
     None, "--revision", help="With a Hub repo id: branch, tag, commit or refs/pr/N to read (default: main)."
@@ -272,6 +276,32 @@ def push(
         if result.merge_check:
             typer.echo(result.merge_check)
         for line in result.verify_lines:
+            typer.echo(line)
+
+    _run(body)
+
+
+@app.command()
+def export(
+    run_dir: str = typer.Argument(..., help="Run directory written by `hft finetune`, or a Hub repo id pushed by `hft push`."),
+    onnx: Path = typer.Option(..., "--onnx", help="Folder to write the ONNX export to (new, empty, or an earlier export)."),
+    quantize: Optional[Quantize] = typer.Option(
+        None, "--quantize", help="Also write model.int8.onnx (ONNX Runtime dynamic "
+        "quantization) after scoring it on the whole evaluation split."
+    ),
+    opset: Optional[int] = typer.Option(None, "--opset", min=1, help="ONNX opset to ask for (the exporter may raise it; 18 at least)."),
+    max_diff: float = typer.Option(DEFAULT_MAX_DIFF, "--max-diff", min=0.0, help="Largest |logit difference| ONNX Runtime vs PyTorch allowed."),
+    max_drop: float = typer.Option(DEFAULT_MAX_DROP, "--max-drop", min=0.0, help="Largest int8 metric drop allowed, in points."),
+    force: bool = typer.Option(False, "--force", help="Write the int8 model even when its metric drop is over --max-drop."),
+) -> None:
+    """Export a trained run to ONNX (LoRA merged), parity-checked against PyTorch; optionally int8."""
+
+    def body():
+        from hftoolkit.commands.export import ExportOptions, summary_lines
+        from hftoolkit.commands.export import export as do_export
+
+        options = ExportOptions(quantize=quantize.value if quantize else None, opset=opset, max_diff=max_diff, max_drop=max_drop, force=force)
+        for line in summary_lines(*do_export(run_dir, onnx, options)):
             typer.echo(line)
 
     _run(body)

@@ -51,6 +51,14 @@ class PushError(HftError):
     """Publishing to the Hub was refused or failed; the remote repo is left as it was."""
 
 
+class ExportError(HftError):
+    """`hft export` was refused (parity, metric drop, opset, OUT_DIR) or failed; nothing was written."""
+
+
+class ServeError(HftError):
+    """`hft serve` cannot serve this target (e.g. a causal-LM ONNX export, which has no KV cache for generation)."""
+
+
 class TrainingInterrupted(HftError):
     """Training stopped on SIGTERM/SIGINT after saving a checkpoint; `hft finetune RECIPE --resume` continues it.
 

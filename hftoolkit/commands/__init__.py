@@ -1,0 +1,1 @@
+"""One module per hft command, each a function that reads top to bottom (cli.py only parses options)."""
