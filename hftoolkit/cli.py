@@ -19,6 +19,9 @@ import typer
 
 from hftoolkit import __version__
 from hftoolkit.commands.export import DEFAULT_MAX_DIFF, DEFAULT_MAX_DROP, QUANTIZE_CHOICES
+from hftoolkit.deploy.limits import (
+    DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_INPUTS, DEFAULT_MAX_WAIT_MS, ServeSettings,
+)
 from hftoolkit.errors import HftError
 
 app = typer.Typer(
@@ -303,6 +306,29 @@ def export(
         options = ExportOptions(quantize=quantize.value if quantize else None, opset=opset, max_diff=max_diff, max_drop=max_drop, force=force)
         for line in summary_lines(*do_export(run_dir, onnx, options)):
             typer.echo(line)
+
+    _run(body)
+
+
+@app.command()
+def serve(
+    target: str = typer.Argument(..., help="Run directory, `hft export` folder (served with ONNX Runtime) or Hub repo id."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    max_batch: int = typer.Option(DEFAULT_MAX_BATCH, "--max-batch", min=1, help="Most inputs per model call (1 = no micro-batching)."),
+    max_wait_ms: float = typer.Option(DEFAULT_MAX_WAIT_MS, "--max-wait-ms", min=0.0, help="Longest a request waits for others to batch with."),
+    max_inputs: int = typer.Option(DEFAULT_MAX_INPUTS, "--max-inputs", min=1, help="Most inputs in one request (more: 422)."),
+    max_body_kb: int = typer.Option(DEFAULT_MAX_BODY_BYTES // 1024, "--max-body-kb", min=1, help="Largest request body in KiB (more: 413)."),
+    int8: bool = typer.Option(False, "--int8", help="With an export folder: serve model.int8.onnx instead of model.onnx."),
+) -> None:
+    """Serve a trained model over HTTP: /v1/predict, /v1/chat/completions (causal LM), /healthz, /metrics, /docs."""
+
+    def body():
+        from hftoolkit.commands.serve import serve as do_serve
+
+        settings = ServeSettings(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                 max_inputs=max_inputs, max_body_bytes=max_body_kb * 1024)
+        do_serve(target, settings, int8=int8)
 
     _run(body)
 

@@ -80,13 +80,31 @@ def evaluation_split(trained: TrainedRun, processor: Any) -> EvaluationSplit:
     return EvaluationSplit(data.features[split], data.labels, split)
 
 
+def task_by_name(name: str) -> Task:
+    from hftoolkit.tasks import get_task
+
+    return get_task(name)
+
+
+def load_export_processor(task: Task, folder: Path) -> Any:
+    """The tokenizer or image processor saved in an export folder, with the same file-reference check as a run's."""
+    from hftoolkit.modeling import check_file_references
+
+    check_file_references(folder)
+    return task.load_processor(str(folder), {})
+
+
 def collator(trained: TrainedRun, processor: Any, recipe: Recipe | None = None) -> Any:
     return trained.task.collator(processor, recipe or trained.recipe, on_gpu=False)
 
 
 def predict(trained: TrainedRun, model: Any, processor: Any, inputs: list[str], options: dict[str, Any]) -> list[dict]:
     """The task's `predict` with the run's own defaults under the caller's options, as `hft predict` does."""
-    return trained.task.predict(model, processor, list(inputs), {**predict_defaults(trained), **options})
+    return task_predict(trained.task, model, processor, inputs, {**predict_defaults(trained), **options})
+
+
+def task_predict(task: Task, model: Any, processor: Any, inputs: list[Any], options: dict[str, Any]) -> list[dict]:
+    return task.predict(model, processor, list(inputs), dict(options))
 
 
 def predict_defaults(trained: TrainedRun) -> dict[str, Any]:
