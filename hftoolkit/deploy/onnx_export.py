@@ -87,10 +87,9 @@ def export_graph(model: Any, sample: dict[str, Any], path: Path, opset: int | No
             input_names=names, output_names=[OUTPUT], opset_version=opset, dynamo=True, verbose=False,
         )
     except torch.onnx.errors.OnnxExporterError as e:
-        arch = ", ".join(getattr(model.config, "architectures", None) or [type(model).__name__])
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ExportError(
-            f"{arch} (model type {model.config.model_type!r}) cannot be exported to ONNX by torch.onnx.export "
+            f"{type(model).__name__} (model type {model.config.model_type!r}) cannot be exported to ONNX by torch.onnx.export "
             f"(dynamo): {type(e).__name__}: {first}"
         ) from None
     program.save(str(path))
