@@ -178,3 +178,16 @@ def test_onnx_publication_for_push(export, tmp_path):
     (copy / REPORT).unlink()
     with pytest.raises(ExportError, match="is not an hft export: export_report.json is missing"):
         onnx_publication(copy)
+
+
+@pytest.mark.parametrize("command", ["export", "serve"])
+def test_help_does_not_import_the_ml_or_web_stack(command):
+    heavy = ("torch", "transformers", "datasets", "peft", "onnx", "onnxruntime", "fastapi", "uvicorn", "prometheus_client")
+    code = (
+        f"import sys\nsys.argv = ['hft', {command!r}, '--help']\nfrom hftoolkit.cli import app\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY=' + ','.join(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "HEAVY=", out[-500:]
+    assert "--onnx" in out if command == "export" else "--max-wait-ms" in out

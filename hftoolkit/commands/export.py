@@ -11,7 +11,6 @@ import logging
 import shutil
 from dataclasses import dataclass
 from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -41,8 +40,10 @@ def export(target: str | Path, out_dir: str | Path, options: ExportOptions) -> t
     from hftoolkit.deploy import onnx_export as ox
     from hftoolkit.deploy.report import LATENCY_BATCHES, MODEL, ExportReport, check_out_dir, measure_latency, staged
     from hftoolkit.deploy.run_access import collator, evaluation_split, load_model, open_trained
+    from hftoolkit.deploy.extras import require_extra
     from hftoolkit.deploy.task_io import deploy_io
 
+    require_extra("export")
     out = Path(out_dir)
     check_out_dir(out)
     trained = open_trained(target)
@@ -123,6 +124,8 @@ def _write_files(stage: Path, trained: TrainedRun, processor: Any, io: Any, repo
 
 
 def _deploy_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {}
     for name in DEPLOY_PACKAGES:
         try:

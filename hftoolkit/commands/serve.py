@@ -21,6 +21,11 @@ UVICORN_STARTUP_FAILED = 1  # uvicorn's exit status when it cannot listen
 
 
 def serve(target: str | Path, settings: ServeSettings, *, int8: bool = False) -> None:
+    from hftoolkit.deploy.extras import require_extra
+    from hftoolkit.deploy.report import REPORT
+
+    # An export folder is served with ONNX Runtime; a run directory needs only the web stack.
+    require_extra("serve", also=("onnxruntime",) if (Path(target) / REPORT).is_file() else ())
     import uvicorn
 
     from hftoolkit.deploy.backends import open_backend

@@ -11,6 +11,7 @@ the largest |logit difference| and the share of equal argmaxes (token-level outp
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -82,10 +83,14 @@ def export_graph(model: Any, sample: dict[str, Any], path: Path, opset: int | No
     # Token tensors (integer, [batch, sequence]) vary in both axes; pixel values only in the batch axis.
     shapes = tuple({0: batch, 1: sequence} if t.ndim == 2 and not t.is_floating_point() else {0: batch} for t in sample.values())
     try:
-        program = torch.onnx.export(
-            logits_module(model, names), tuple(sample.values()), dynamic_shapes={"tensors": shapes},
-            input_names=names, output_names=[OUTPUT], opset_version=opset, dynamo=True, verbose=False,
-        )
+        with warnings.catch_warnings():
+            # The exporter's own deprecation notes and axis-renaming remarks say nothing the user can act on.
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+            program = torch.onnx.export(
+                logits_module(model, names), tuple(sample.values()), dynamic_shapes={"tensors": shapes},
+                input_names=names, output_names=[OUTPUT], opset_version=opset, dynamo=True, verbose=False,
+            )
     except torch.onnx.errors.OnnxExporterError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ExportError(
