@@ -10,6 +10,7 @@ Backends are called from the micro-batcher's single worker thread only (tokenize
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from hftoolkit.errors import ServeError
 
 if TYPE_CHECKING:
     from hftoolkit.deploy.run_access import TrainedRun
+
+log = logging.getLogger("hftoolkit")
 
 Messages = list[dict[str, str]]  # a chat conversation: [{"role": ..., "content": ...}, ...]
 
@@ -69,7 +72,7 @@ class RunBackend(Backend):
         self.model, self.processor = load_model(trained)
         if torch.cuda.is_available():
             self.model.to("cuda")  # as `hft predict` does
-        chat = self.io.kind == "generate" and bool(getattr(self.processor, "chat_template", None))
+        chat = self.io.kind == "generate" and _chat_ready(self.processor)
         self.info = ModelInfo(trained.recipe.task, "pytorch", trained.source, self.io.kind, trained.manifest.get("labels"), chat)
 
     def _predict(self, inputs: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -102,6 +105,18 @@ def chat_prompt(tokenizer: Any, messages: Messages) -> str:
     if bos and plain == [tokenizer.bos_token_id, *bare] and text.startswith(bos):
         return text[len(bos):]
     raise ServeError("this tokenizer adds special tokens around any text, so chat prompts cannot be passed through predict")
+
+
+def _chat_ready(tokenizer: Any) -> bool:
+    """Whether /v1/chat/completions can be offered: a chat template that `chat_prompt` can pass to `predict`."""
+    if not getattr(tokenizer, "chat_template", None):
+        return False
+    try:
+        chat_prompt(tokenizer, [{"role": "user", "content": "hello"}])
+    except ServeError as e:
+        log.warning("no /v1/chat/completions: %s", e)
+        return False
+    return True
 
 
 class OrtModel:

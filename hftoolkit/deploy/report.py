@@ -152,7 +152,12 @@ def staged(out: Path) -> Iterator[Path]:
         old = out.parent / f"{stage.name}.old"
         if out.exists():
             out.rename(old)
-        stage.rename(out)
+        try:
+            stage.rename(out)
+        except OSError:
+            if old.exists():
+                old.rename(out)  # the earlier export stays as it was
+            raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -32,6 +32,7 @@ from hftoolkit.deploy.backends import Backend
 from hftoolkit.deploy.batching import MicroBatcher
 from hftoolkit.deploy.limits import ServeSettings
 from hftoolkit.deploy.monitoring import Metrics, RequestMonitor, request_id
+from hftoolkit.errors import DataError
 
 log = logging.getLogger("hftoolkit")
 
@@ -220,6 +221,8 @@ def _add_routes(app: Any, backend: Backend, batcher: MicroBatcher, metrics: Metr
             raise InvalidInput("inputs", f"{len(inputs)} inputs, more than this server's limit of {settings.max_inputs}")
         try:
             return await batcher.submit(inputs, options)
+        except DataError as e:  # the task's predict names an input it cannot take
+            raise InvalidInput("inputs", str(e)) from None
         except Exception as e:
             log.error("request %s: model error", request_id(request.scope), exc_info=e)
             raise ModelFailure() from None
