@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from hftoolkit import __version__
 from hftoolkit.deploy.backends import Backend
@@ -216,9 +217,11 @@ def _field(loc: tuple | list) -> str:
 def _add_routes(app: Any, backend: Backend, batcher: MicroBatcher, metrics: Metrics, settings: ServeSettings) -> None:
     info = backend.info
 
-    async def answer(request: Request, inputs: list[Any], options: dict[str, Any]) -> list[dict]:
+    async def answer(request: Request, inputs: list[Any], options: dict[str, Any], decode: Any = None) -> list[dict]:
         if len(inputs) > settings.max_inputs:
             raise InvalidInput("inputs", f"{len(inputs)} inputs, more than this server's limit of {settings.max_inputs}")
+        if decode is not None:  # after the count check: never decode more inputs than the server would take
+            inputs = await run_in_threadpool(decode, inputs)
         try:
             return await batcher.submit(inputs, options)
         except DataError as e:  # the task's predict names an input it cannot take
@@ -243,10 +246,7 @@ def _add_routes(app: Any, backend: Backend, batcher: MicroBatcher, metrics: Metr
     elif info.kind == "image":
         @app.post("/v1/predict", response_model=ClassifyResponse, responses=ERRORS)
         async def predict_image(body: ImageRequest, request: Request) -> ClassifyResponse:
-            from starlette.concurrency import run_in_threadpool
-
-            images = await run_in_threadpool(decode_images, body.inputs)
-            return _classified(await answer(request, images, {}))
+            return _classified(await answer(request, body.inputs, {}, decode=decode_images))
     elif info.kind == "generate":
         _add_generation_routes(app, answer, info)
 
