@@ -16,9 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hftoolkit.deploy.backends import open_backend
 from hftoolkit.deploy.limits import ServeSettings
+from hftoolkit.deploy.report import read_report
 from hftoolkit.deploy.server import create_app
 from tests.deploy_fixtures import (
-    CliServer, ThreadServer, chat_export, chat_run, hft_fails, image_run, predict_json, text_export, text_run,
+    CliServer, ThreadServer, chat_export, chat_run, hft, hft_fails, image_run, predict_json, text_export, text_run,
 )
 
 TEXTS = ["the kettle works perfectly.", "the tent broke after two days. never again.", "fine."]
@@ -240,15 +241,24 @@ def test_causal_lm_run_generates_like_hft_predict_and_answers_chat_completions(c
         assert response.status_code == 422 and response.json()["error"]["field"] == field
 
 
-def test_image_run_takes_base64_images_and_names_a_bad_one(tmp_path_factory, tiny_vit, colour_images):
+def test_image_run_and_its_export_take_base64_images_and_name_a_bad_one(tmp_path_factory, tiny_vit, colour_images, tmp_path):
     run = image_run(tmp_path_factory, tiny_vit, colour_images)
     files = [colour_images / "test" / "red" / "red_1.png", colour_images / "test" / "blue" / "blue_0.jpg"]
+    images = [base64.b64encode(f.read_bytes()).decode() for f in files]
+    expected = [{"label": r["label"], "score": r["score"]} for r in predict_json(run, *map(str, files))]
+    hft("export", run, "--onnx", tmp_path / "export", "--opset", "14")
+    assert read_report(tmp_path / "export").opset >= 18  # asked for 14: the exporter raises it
+    exported = ThreadServer(create_app(open_backend(str(tmp_path / "export")), ServeSettings()))
+    try:
+        served = post(exported, {"inputs": images}).json()["predictions"]
+        assert [p["label"] for p in served] == [e["label"] for e in expected]
+        assert [p["score"] for p in served] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+    finally:
+        exported.stop()
     server = ThreadServer(create_app(open_backend(str(run)), ServeSettings()))
     try:
-        images = [base64.b64encode(f.read_bytes()).decode() for f in files]
         response = post(server, {"inputs": images})
         assert response.status_code == 200, response.text
-        expected = [{"label": r["label"], "score": r["score"]} for r in predict_json(run, *map(str, files))]
         assert response.json() == {"predictions": expected}
         for inputs, index, what in (
             ([images[0], "not base64!"], 1, "not valid base64"),
