@@ -269,3 +269,14 @@ def test_image_run_and_its_export_take_base64_images_and_name_a_bad_one(tmp_path
             assert error["field"] == f"inputs[{index}]" and what in error["message"], error
     finally:
         server.stop()
+
+
+def test_a_busy_port_is_one_line(export):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = hft_fails("serve", export, "--port", port)
+    assert f"error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port" in result.stderr
