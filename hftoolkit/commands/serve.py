@@ -1,8 +1,9 @@
 """`hft serve TARGET`: a run directory, an ONNX export or a Hub repo behind an HTTP API, with metrics and access log.
 
-The model is loaded and the port bound before anything is announced, so a wrong target or a busy port is one line. SIGTERM (and the
-first Ctrl-C) stops accepting connections, lets every request already accepted finish, then exits; after SIGTERM
-the exit code is 0, because a drained shutdown is the normal way a server stops (Kubernetes, systemd).
+The model is loaded and the port bound before anything is announced, so a wrong target or a busy port is one
+line. SIGTERM (and the first Ctrl-C) stops accepting connections, lets every request already accepted finish,
+then exits; after SIGTERM the exit code is 0, because a drained shutdown is how a server normally stops
+(Kubernetes, systemd).
 """
 
 from __future__ import annotations
