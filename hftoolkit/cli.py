@@ -11,8 +11,8 @@ import os
 import shlex
 import sys
 import traceback
-from pathlib import Path
 from enum import Enum
+from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
