@@ -124,8 +124,8 @@ def run_prepare(config: dict[str, Any]) -> dict[str, Any]:
     import yaml
 
     from hftoolkit.commands.export import ExportOptions, export
-    from hftoolkit.pipeline import finetune
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.commands.finetune import finetune
+    from hftoolkit.recipe.schema import load_recipe
 
     work = Path(config["work"])
     work.mkdir(parents=True, exist_ok=True)

@@ -1,1 +1,0 @@
-"""One module per hft command, each a function that reads top to bottom (cli.py only parses options)."""

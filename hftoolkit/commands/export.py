@@ -39,19 +39,17 @@ class ExportOptions:
 def export(target: str | Path, out_dir: str | Path, options: ExportOptions) -> tuple[Path, ExportReport]:
     from hftoolkit.deploy import onnx_export as ox
     from hftoolkit.deploy.report import LATENCY_BATCHES, MODEL, ExportReport, check_out_dir, measure_latency, staged
-    from hftoolkit.deploy.run_access import collator, evaluation_split, load_model, open_trained
     from hftoolkit.deploy.extras import require_extra
-    from hftoolkit.deploy.task_io import deploy_io
+    from hftoolkit.deploy.run_access import evaluation_split, export_collator, load_model, open_trained
 
     require_extra("export")
     out = Path(out_dir)
     check_out_dir(out)
     trained = open_trained(target)
-    io = deploy_io(trained.recipe.task)
     model, processor = load_model(trained)
     model = ox.merged_fp32(model)  # in memory: the run directory keeps its adapter
     evaluation = evaluation_split(trained, processor)
-    collate = collator(trained, processor, io.batch_recipe(trained.recipe))
+    collate = export_collator(trained, processor)
     sample = ox.labelled_batches(evaluation.features, collate, limit=ox.PARITY_EXAMPLES)
     reference = [ox.torch_logits(model, inputs) for inputs, _ in sample]
 
@@ -62,7 +60,7 @@ def export(target: str | Path, out_dir: str | Path, options: ExportOptions) -> t
         parity = ox.compare(reference, [ox.ort_logits(fp32, inputs) for inputs, _ in sample], sample)
         _check_parity(parity, options.max_diff, evaluation.split)
         report = ExportReport(
-            task=trained.recipe.task, source=trained.source, run_id=trained.run_id, opset=opset,
+            task=trained.recipe.task, source=trained.source, run_id=trained.manifest.run_id, opset=opset,
             opset_requested=options.opset, inputs=list(trace), labels=evaluation.labels, split=evaluation.split,
             parity=parity, max_diff=options.max_diff,
         )
@@ -71,7 +69,7 @@ def export(target: str | Path, out_dir: str | Path, options: ExportOptions) -> t
             _add_int8(report, trained, evaluation, collate, stage, runtimes, options, sample, reference)
         batches = {size: ox.tiled_batch(evaluation.features, collate, size) for size in LATENCY_BATCHES}
         report.latency = [row for name, run in runtimes.items() for row in measure_latency(name, run, batches)]
-        _write_files(stage, trained, processor, io, report)
+        _write_files(stage, trained, processor, report)
     log.info("export written to %s", out)
     return out, report
 
@@ -106,9 +104,9 @@ def _add_int8(
     report.max_drop, report.forced = options.max_drop, check.refused
 
 
-def _write_files(stage: Path, trained: TrainedRun, processor: Any, io: Any, report: ExportReport) -> None:
+def _write_files(stage: Path, trained: TrainedRun, processor: Any, report: ExportReport) -> None:
+    from hftoolkit.commands.finetune import package_versions
     from hftoolkit.deploy.report import MODEL, README, file_sizes, write_report
-    from hftoolkit.deploy.run_access import package_versions
     from hftoolkit.paths import read_boundary, require_inside
     from transformers import AutoConfig
 
@@ -117,7 +115,8 @@ def _write_files(stage: Path, trained: TrainedRun, processor: Any, io: Any, repo
     config = require_inside(trained.model_dir / "config.json", read_boundary(trained.model_dir), "model config")
     shutil.copyfile(config, stage / "config.json")
     title = f"ONNX export of {trained.source} ({trained.recipe.task})"
-    (stage / README).write_text(io.readme(title, MODEL, processor, AutoConfig.from_pretrained(str(stage))))
+    usage = trained.task.onnx_usage(MODEL, processor, AutoConfig.from_pretrained(str(stage)))
+    (stage / README).write_text(f"# {title}\n\nRun it with onnxruntime alone (no torch, no transformers):\n\n{usage}\n")
     report.files = file_sizes(stage)
     report.versions = {**package_versions(), **_deploy_versions()}
     write_report(stage, report)

@@ -19,11 +19,11 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from hftoolkit.deploy.report import MODEL, MODEL_INT8, REPORT, read_report
-from hftoolkit.deploy.task_io import DeployIO, deploy_io
 from hftoolkit.errors import ServeError
 
 if TYPE_CHECKING:
     from hftoolkit.deploy.run_access import TrainedRun
+    from hftoolkit.tasks.base import Task
 
 log = logging.getLogger("hftoolkit")
 
@@ -35,7 +35,7 @@ class ModelInfo:
     task: str
     backend: str  # "pytorch" | "onnxruntime"
     source: str
-    kind: str  # DeployIO.kind: the shape of requests and responses
+    kind: str  # the task's serve_kind: the shape of requests and responses
     labels: list[str] | None
     chat: bool  # answers /v1/chat/completions
 
@@ -47,10 +47,9 @@ class Backend:
     """`predict(inputs, options) -> list[dict]`: texts, image bytes, prompts or chat conversations -> results."""
 
     info: ModelInfo
-    io: DeployIO
 
     def predict(self, inputs: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
-        if self.io.kind != "image":
+        if self.info.kind != "image":
             return self._predict(list(inputs), options)
         with _image_files(inputs) as paths:
             return self._predict(paths, options)
@@ -68,19 +67,19 @@ class RunBackend(Backend):
         from hftoolkit.deploy.run_access import load_model
 
         self.trained = trained
-        self.io = deploy_io(trained.recipe.task)
+        kind = trained.task.serve_kind
         self.model, self.processor = load_model(trained)
         if torch.cuda.is_available():
             self.model.to("cuda")  # as `hft predict` does
-        chat = self.io.kind == "generate" and _chat_ready(self.processor)
-        self.info = ModelInfo(trained.recipe.task, "pytorch", trained.source, self.io.kind, trained.manifest.get("labels"), chat)
+        chat = kind == "generate" and _chat_ready(self.processor)
+        self.info = ModelInfo(trained.recipe.task, "pytorch", trained.source, kind, trained.manifest.labels, chat)
 
     def _predict(self, inputs: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
-        from hftoolkit.deploy.run_access import predict, predict_defaults
+        from hftoolkit.deploy.run_access import predict, predict_options
 
         prompts = [chat_prompt(self.processor, x) if isinstance(x, list) else x for x in inputs]
         results = predict(self.trained, self.model, self.processor, prompts, options)
-        limit = {**predict_defaults(self.trained), **options}.get("max_new_tokens")
+        limit = predict_options(self.trained, options).get("max_new_tokens")
         for item, prompt, result in zip(inputs, prompts, results):
             if isinstance(item, list):  # a chat conversation: the OpenAI response reports usage and why it stopped
                 completion = len(self.processor(result["generated_text"], add_special_tokens=False)["input_ids"])
@@ -154,11 +153,11 @@ class OnnxBackend(Backend):
         from transformers import AutoConfig
 
         from hftoolkit.deploy.onnx_export import ort_session
-        from hftoolkit.deploy.run_access import load_export_processor, task_by_name
+        from hftoolkit.deploy.run_access import deployable_task, load_export_processor
 
         report = read_report(folder)
-        self.io = deploy_io(report.task)
-        if not self.io.onnx_servable:
+        self.task: Task = deployable_task(report.task)
+        if not self.task.onnx_servable:
             raise ServeError(
                 f"{folder} is a {report.task} export, which scores sequences but has no KV cache for generation; "
                 f"serve the run directory instead (`hft serve RUN_DIR`), or the merged weights in vLLM / TGI"
@@ -166,16 +165,13 @@ class OnnxBackend(Backend):
         name = MODEL_INT8 if int8 else MODEL
         if not (folder / name).is_file():
             raise ServeError(f"{folder} has no {name}" + (" (export it with --quantize int8)" if int8 else ""))
-        self.task = task_by_name(report.task)
         self.processor = load_export_processor(self.task, folder)
         self.model = OrtModel(ort_session(folder / name), AutoConfig.from_pretrained(str(folder)))
         source = f"{report.source} ({name})"
-        self.info = ModelInfo(report.task, "onnxruntime", source, self.io.kind, report.labels, chat=False)
+        self.info = ModelInfo(report.task, "onnxruntime", source, self.task.serve_kind, report.labels, chat=False)
 
     def _predict(self, inputs: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
-        from hftoolkit.deploy.run_access import task_predict
-
-        return task_predict(self.task, self.model, self.processor, inputs, options)
+        return self.task.predict(self.model, self.processor, list(inputs), dict(options))
 
 
 def open_backend(target: str, *, int8: bool = False) -> Backend:

@@ -97,10 +97,10 @@ class ExportReport:
 
 def write_report(folder: Path, report: ExportReport) -> Path:
     """The one writer of export_report.json (written last, so its presence marks a complete export)."""
-    from hftoolkit.rundir import write_json
+    from hftoolkit.run.records import write_atomic
 
     path = folder / REPORT
-    write_json(path, asdict(report))
+    write_atomic(path, json.dumps(asdict(report), indent=2, default=str) + "\n")
     return path
 
 
@@ -200,6 +200,9 @@ def percentile(values: list[float], q: float) -> float:
 class OnnxPublication:
     uploads: list[tuple[str, Path]]  # (path in the Hub repo under onnx/, local file)
     card: dict[str, Any]  # the model card's ONNX section: files, opset, parity, metric table, latency
+    task: str  # what was exported: push checks it is the run being published
+    source: str
+    run_id: str | None
 
 
 def onnx_publication(export_dir: str | Path) -> OnnxPublication:
@@ -216,7 +219,7 @@ def onnx_publication(export_dir: str | Path) -> OnnxPublication:
     if missing:
         raise ExportError(f"{folder} is incomplete: {', '.join(missing)} listed in {REPORT} but missing")
     card = {
-        "files": {ONNX_PREFIX + name: size for name, size in report.files.items() if name in report.model_files},
+        "files": {ONNX_PREFIX + name: report.files[name] for name in report.model_files},  # fp32 first
         "opset": report.opset,
         "split": report.split,
         "parity": {"max_abs_diff": report.parity.max_abs_diff, "argmax_agreement": report.parity.argmax_agreement,
@@ -225,4 +228,4 @@ def onnx_publication(export_dir: str | Path) -> OnnxPublication:
         "metric_drop_points": report.metric_drop_points,
         "latency": [asdict(row) for row in report.latency],
     }
-    return OnnxPublication(uploads, card)
+    return OnnxPublication(uploads, card, report.task, report.source, report.run_id)

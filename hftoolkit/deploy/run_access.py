@@ -1,8 +1,9 @@
 """The one place deploy/ reaches into the rest of hftoolkit: a trained run, its task, model and evaluation split.
 
-Everything `hft export` and `hft serve` need from training goes through these few functions, so the architecture
-issue's renames (rundir -> run/, pipeline -> commands/ and training/) are re-pointed here and nowhere else.
-Predictions always go through the task's own `predict`, exactly as `hft predict` calls it.
+Everything `hft export` and `hft serve` need from training goes through these few functions. What differs per task
+(request kind, whether an ONNX export can be served, the export batches' recipe, the export README) is the task's
+own: `TaskBase.serve_kind`, `onnx_servable`, `export_recipe`, `onnx_usage`. Predictions always go through the
+task's own `predict`, with the run's `predict_options` under the caller's, exactly as `hft predict` calls it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hftoolkit.errors import ExportError
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.layout import RunDir
+    from hftoolkit.run.records import Manifest
     from hftoolkit.tasks.base import Task
 
 
@@ -22,10 +27,10 @@ if TYPE_CHECKING:
 class TrainedRun:
     """A finished run directory (or a Hub repo pushed by `hft push`) with its recipe, task and manifest."""
 
-    run: Any  # hftoolkit.rundir.RunDir or hftoolkit.hub.HubRun
+    run: RunDir  # or its HubRun subclass
     recipe: Recipe
     task: Task
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def model_dir(self) -> Path:
@@ -38,10 +43,6 @@ class TrainedRun:
         text = str(self.run)
         return text if "@" in text else Path(text).name
 
-    @property
-    def run_id(self) -> str | None:
-        return self.manifest.get("run_id")
-
 
 @dataclass
 class EvaluationSplit:
@@ -50,15 +51,25 @@ class EvaluationSplit:
     split: str
 
 
+def deployable_task(name: str) -> Task:
+    """The task of a run or export, refused in one line when it cannot be exported or served yet."""
+    from hftoolkit.tasks.registry import TASKS, get_task
+
+    task = get_task(name)
+    if task.serve_kind is None:
+        supported = [n for n in TASKS if get_task(n).serve_kind is not None]
+        raise ExportError(f"task {name!r} cannot be exported or served yet (supported: {', '.join(supported)})")
+    return task
+
+
 def open_trained(target: str | Path) -> TrainedRun:
     """A run that finished training; an unfinished or missing one is a RunDirError naming it."""
-    from hftoolkit.rundir import open_run
-    from hftoolkit.tasks import get_task
+    from hftoolkit.run.hub_run import open_run
 
     run = open_run(target)
     manifest = run.require_trained()
     recipe = run.load_recipe()
-    return TrainedRun(run, recipe, get_task(recipe.task), manifest)
+    return TrainedRun(run, recipe, deployable_task(recipe.task), manifest)
 
 
 def load_model(trained: TrainedRun) -> tuple[Any, Any]:
@@ -71,7 +82,7 @@ def load_model(trained: TrainedRun) -> tuple[Any, Any]:
 def evaluation_split(trained: TrainedRun, processor: Any) -> EvaluationSplit:
     """The split `hft evaluate` scores by default (the recipe's, else test, else validation), as model features."""
     from hftoolkit.errors import DataError
-    from hftoolkit.pipeline import prepare_data
+    from hftoolkit.training.prepare import prepare_data
 
     data = prepare_data(trained.recipe, trained.task, processor)
     split = trained.recipe.evaluation.split or ("test" if "test" in data.features else "validation")
@@ -80,40 +91,24 @@ def evaluation_split(trained: TrainedRun, processor: Any) -> EvaluationSplit:
     return EvaluationSplit(data.features[split], data.labels, split)
 
 
-def task_by_name(name: str) -> Task:
-    from hftoolkit.tasks import get_task
-
-    return get_task(name)
-
-
 def load_export_processor(task: Task, folder: Path) -> Any:
     """The tokenizer or image processor saved in an export folder, with the same file-reference check as a run's."""
-    from hftoolkit.modeling import check_file_references
+    from hftoolkit.model_checks import check_file_references
 
     check_file_references(folder)
     return task.load_processor(str(folder), {})
 
 
-def collator(trained: TrainedRun, processor: Any, recipe: Recipe | None = None) -> Any:
-    return trained.task.collator(processor, recipe or trained.recipe, on_gpu=False)
+def export_collator(trained: TrainedRun, processor: Any) -> Any:
+    """The task's own collator, built from the recipe the task exports with (TaskBase.export_recipe)."""
+    return trained.task.collator(processor, trained.task.export_recipe(trained.recipe), on_gpu=False)
 
 
-def predict(trained: TrainedRun, model: Any, processor: Any, inputs: list[str], options: dict[str, Any]) -> list[dict]:
+def predict_options(trained: TrainedRun, options: dict[str, Any]) -> dict[str, Any]:
+    """The run's `predict` defaults (causal LM: its generation settings, chat or not) under the caller's options."""
+    return {**trained.task.predict_options(trained.recipe), **options}
+
+
+def predict(trained: TrainedRun, model: Any, processor: Any, inputs: list[Any], options: dict[str, Any]) -> list[dict]:
     """The task's `predict` with the run's own defaults under the caller's options, as `hft predict` does."""
-    return task_predict(trained.task, model, processor, inputs, {**predict_defaults(trained), **options})
-
-
-def task_predict(task: Task, model: Any, processor: Any, inputs: list[Any], options: dict[str, Any]) -> list[dict]:
-    return task.predict(model, processor, list(inputs), dict(options))
-
-
-def predict_defaults(trained: TrainedRun) -> dict[str, Any]:
-    """The run's `predict` defaults (causal LM: its generation settings, chat or not); {} for tasks without them."""
-    defaults = getattr(trained.task, "predict_options", None)  # optional task hook, looked up as pipeline.predict_run does
-    return defaults(trained.recipe) if defaults is not None else {}
-
-
-def package_versions() -> dict[str, str]:
-    from hftoolkit.pipeline import package_versions as versions
-
-    return versions()
+    return trained.task.predict(model, processor, list(inputs), predict_options(trained, options))

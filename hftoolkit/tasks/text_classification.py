@@ -6,54 +6,80 @@ Labels, the head, metrics and the confusion matrix are shared with image classif
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import TYPE_CHECKING, Any, Callable
 
 from hftoolkit.data import require_columns
 from hftoolkit.errors import DataError
 from hftoolkit.tasks._classification import LABELS, ClassificationTask
-from hftoolkit.tasks.base import DataReport
+from hftoolkit.tasks._text import check_texts, ensure_pad_token, tokenizer_identity, warn_image_paths
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport
 
 # Bump when the tokenization output changes, so cached features from older versions are not reused.
 PREPROCESS_VERSION = 1
+PREDICT_MAX_LENGTH = 512  # tokens `predict` keeps of each input (more is cut off)
 
+# The export's README (`hft export`): running model.onnx with onnxruntime and tokenizers alone.
+ONNX_USAGE = '''```python
+import json
 
-def tokenizer_identity(tokenizer: Any) -> str:
-    """Content hash of a tokenizer (vocab, normalizer, special tokens), stable across processes.
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
 
-    Used as part of the cache fingerprint instead of datasets' pickling-based hash, which changes when the
-    fast tokenizer's truncation state changes and then silently re-tokenizes (or worse, keys on the wrong thing).
-    """
-    state: Any
-    try:
-        state = json.loads(tokenizer.backend_tokenizer.to_str())
-        state.pop("truncation", None)
-        state.pop("padding", None)
-    except AttributeError:
-        state = sorted(tokenizer.get_vocab().items())
-    blob = json.dumps([type(tokenizer).__name__, state, tokenizer.all_special_tokens, tokenizer.padding_side], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+tokenizer = Tokenizer.from_file("tokenizer.json")
+tokenizer.enable_padding(pad_id={pad_id}, pad_token={pad_token!r})
+tokenizer.enable_truncation(max_length={max_length})
+session = ort.InferenceSession("{model_file}", providers=["CPUExecutionProvider"])
+inputs = {{i.name for i in session.get_inputs()}}
+id2label = json.load(open("config.json"))["id2label"]
 
-
-def _split_sources(splits: dict[str, Dataset]) -> str:
-    return ",".join(f"{k}={v._fingerprint}" for k, v in sorted(splits.items()))
+texts = {texts!r}
+encodings = tokenizer.encode_batch(texts)
+feed = {{
+    "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+    "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+    "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+}}
+logits = session.run(["logits"], {{k: v for k, v in feed.items() if k in inputs}})[0]
+probs = np.exp(logits - logits.max(-1, keepdims=True))
+probs /= probs.sum(-1, keepdims=True)
+for text, p in zip(texts, probs):
+    print(id2label[str(int(p.argmax()))], round(float(p.max()), 4), text, sep="\\t")
+```'''
+USAGE_TEXTS = ["this works well.", "it broke after a day."]
 
 
 class TextClassification(ClassificationTask):
     name = "text-classification"
     pipeline_tag = "text-classification"
+    card_title = "Text Classification"
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
+    processor_kind = "tokenizer"
+    column_roles = {
+        "text": "the text to classify",
+        "text_pair": "the second text of sentence pairs",
+        "label": "the class label (ClassLabel, string or integer column)",
+    }
+    serve_kind = "text"
+    onnx_servable = True
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(ref, **kwargs)
+        # GPT-2 and many Llama-family tokenizers have no pad token; their *ForSequenceClassification heads read the
+        # last token that is not padding, found through config.pad_token_id (processor_model_kwargs below).
+        return ensure_pad_token(
+            AutoTokenizer.from_pretrained(ref, **kwargs), ref, "the classifier reads the last token before the padding"
+        )
+
+    def processor_model_kwargs(self, tokenizer: Any) -> dict[str, Any]:
+        return {"pad_token_id": tokenizer.pad_token_id}
 
     # ---------------------------------------------------------------------------------------------------------------
     # Checking columns and encoding labels on the raw splits
@@ -65,6 +91,8 @@ class TextClassification(ClassificationTask):
         for role, split in splits.items():
             require_columns(split, role, {"text": cols.text, "text_pair": cols.text_pair, "label": cols.label})
             report.columns[role] = list(split.column_names)
+        # On the raw splits, so a bad value is named by its row in the source (tokenize() sees only a batch).
+        check_texts(splits, [cols.text, cols.text_pair], report, allow_empty=recipe.dataset.allow_empty_text)
         return self.encode_labels(splits, recipe)
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -77,11 +105,7 @@ class TextClassification(ClassificationTask):
         text, pair, label = cols.text, cols.text_pair, cols.label
 
         def tokenize(batch: dict[str, list]) -> dict[str, list]:
-            for c in (text, pair):
-                if c is not None:
-                    for i, v in enumerate(batch[c]):
-                        if not isinstance(v, str):
-                            raise DataError(f"column {c!r}: value {v!r} is not text (row {i} of a batch)")
+            # Values are text: prepare() checked every row of the raw splits.
             enc = tokenizer(batch[text], batch[pair] if pair else None, truncation=True, max_length=max_length)
             out = dict(enc)
             out[LABELS] = batch[label]
@@ -134,14 +158,28 @@ class TextClassification(ClassificationTask):
     # ---------------------------------------------------------------------------------------------------------------
     # Prediction
 
+    def check_predict_inputs(self, inputs: list[str]) -> None:
+        warn_image_paths(inputs)
+
     def predict(self, model: Any, tokenizer: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
         import torch
 
-        enc = tokenizer(inputs, truncation=True, max_length=options.get("max_length", 512), padding=True, return_tensors="pt")
+        enc = tokenizer(inputs, truncation=True, max_length=options.get("max_length", PREDICT_MAX_LENGTH), padding=True, return_tensors="pt")
         enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.no_grad():
             logits = model(**enc).logits
         return self.top_labels(model, logits, inputs)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Deploy
+
+    def onnx_usage(self, model_file: str, tokenizer: Any, config: Any) -> str:
+        # The same cut `predict` makes, capped at what the model's positions allow.
+        positions = getattr(config, "max_position_embeddings", None) or PREDICT_MAX_LENGTH
+        return ONNX_USAGE.format(
+            model_file=model_file, pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,
+            max_length=min(PREDICT_MAX_LENGTH, positions), texts=USAGE_TEXTS,
+        )
 
 
 TASK = TextClassification()
