@@ -31,7 +31,6 @@ CHECK_VERSION = 1
 DROP_REASON = "image failed to decode"
 PREDICT_BATCH = 32
 # probe_inputs: a few seeded noise images of this size (height, width) compare two models' logits.
-PROBE_IMAGES, PROBE_IMAGE_SIZE, PROBE_SEED = 3, (48, 48), 0
 PROBE_SEED, PROBE_IMAGES, PROBE_SIZE = 0, 3, (48, 48)  # probe_inputs: what `hft push --merge` compares logits on
 
 # The export's README (`hft export`): running model.onnx with onnxruntime and PIL alone.
@@ -327,15 +326,6 @@ class ImageClassification(ClassificationTask):
 
         rng = np.random.RandomState(PROBE_SEED)
         images = [Image.fromarray(rng.randint(0, 256, (*PROBE_SIZE, 3), dtype=np.uint8)) for _ in range(PROBE_IMAGES)]
-        return [dict(processor(images=[im], return_tensors="pt")) for im in images]
-
-    def probe_inputs(self, processor: Any, max_length: int) -> list[dict[str, Any]]:
-        """Seeded noise images, each through the image processor on its own (max_length is for tokens: unused)."""
-        import numpy as np
-        from PIL import Image
-
-        rng = np.random.RandomState(PROBE_SEED)
-        images = [Image.fromarray(rng.randint(0, 256, (*PROBE_IMAGE_SIZE, 3), dtype=np.uint8)) for _ in range(PROBE_IMAGES)]
         return [dict(processor(images=[im], return_tensors="pt")) for im in images]
 
     def predict(self, model: Any, processor: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
