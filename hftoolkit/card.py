@@ -29,9 +29,15 @@ TASK_TITLES = {
     "text-classification": "Text Classification",
     "image-classification": "Image Classification",
     "text-generation": "Text Generation",
+    "token-classification": "Token Classification",
 }
 # Scores hft reports that are not metrics in the model-index sense.
 NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch")
+# `GROUP/metric` scores (token classification: `PER/f1`) form their own table, one row per group; the model-index
+# and the main results table keep the overall scores.
+GROUP_SEPARATOR = "/"
+GROUP_TITLES = {"token-classification": "entity type"}
+COUNTED_UNITS = {"token-classification": "words"}  # what the label table counts per split (default: rows)
 
 
 @dataclass
@@ -105,6 +111,20 @@ def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, f"{v:.4f}") for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
+def _group_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """`GROUP/metric` scores as (metric names, one row per group); counts (support) stay integers."""
+    columns: list[str] = []
+    rows: dict[str, dict[str, str]] = {}
+    for key, value in metrics.items():
+        if GROUP_SEPARATOR not in key or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        group, metric = key.rsplit(GROUP_SEPARATOR, 1)
+        if metric not in columns:
+            columns.append(metric)
+        rows.setdefault(group, {})[metric] = str(int(value)) if metric == "support" else f"{value:.4f}"
+    return columns, [[group] + [cells.get(c, "–") for c in columns] for group, cells in rows.items()]
+
+
 def _dataset(inputs: CardInputs) -> dict[str, Any]:
     ds_recipe = inputs.recipe.get("dataset", {})
     ds_manifest = inputs.manifest.get("dataset", {})
@@ -134,7 +154,7 @@ def eval_results_metadata(inputs: CardInputs) -> list:
     split = ev.get("split")
     out = []
     for name, value in (ev.get("metrics") or {}).items():
-        if name in NOT_METRICS or not isinstance(value, (int, float)) or isinstance(value, bool):
+        if name in NOT_METRICS or GROUP_SEPARATOR in name or not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         out.append(
             EvalResult(
@@ -161,7 +181,7 @@ def card_data(inputs: CardInputs):
     tags = ["hftoolkit", inputs.pipeline_tag]
     if inputs.recipe.get("lora", {}).get("enabled"):
         tags += ["lora", "peft"] if adapter else ["lora", "merged-lora"]
-    metric_names = [n for n in (inputs.eval_results.get("metrics") or {}) if n not in NOT_METRICS]
+    metric_names = [n for n in (inputs.eval_results.get("metrics") or {}) if n not in NOT_METRICS and GROUP_SEPARATOR not in n]
     return ModelCardData(
         base_model=inputs.base_model,
         datasets=[ds["hub_id"]] if ds["hub_id"] else None,
@@ -183,6 +203,7 @@ def _context(inputs: CardInputs) -> dict[str, Any]:
     counts = report.get("label_counts") or {}
     roles = [r for r in ("train", "validation", "test") if r in counts]
     label_rows = [[str(i), name] + [str(counts[r].get(name, 0)) for r in roles] for i, name in enumerate(labels)]
+    group_columns, group_rows = _group_table(ev.get("metrics") or {})
     sizes = report.get("split_sizes") or {}
     split_rows = [(role, ds["split_names"].get(role, role), str(n)) for role, n in sizes.items()]
     train, lora = recipe.get("training", {}), recipe.get("lora", {})
@@ -245,7 +266,7 @@ def _context(inputs: CardInputs) -> dict[str, Any]:
         "license_source": inputs.license_source,
         "dataset": ds,
         "labels": labels,
-        "label_header": ["id", "label"] + [f"{r} rows" for r in roles],
+        "label_header": ["id", "label"] + [f"{r} {COUNTED_UNITS.get(inputs.task, 'rows')}" for r in roles],
         "label_rows": label_rows,
         "example_label": labels[0] if labels else None,
         "split_rows": split_rows,
@@ -256,7 +277,10 @@ def _context(inputs: CardInputs) -> dict[str, Any]:
         "hyper": [(k, _fmt(v)) for k, v in hyper if v is not None],
         "eval_split": ev.get("split"),
         "eval_examples": ev.get("num_examples"),
-        "eval_rows": _metric_rows(ev.get("metrics") or {}),
+        "eval_rows": _metric_rows({k: v for k, v in (ev.get("metrics") or {}).items() if GROUP_SEPARATOR not in k}),
+        "group_title": GROUP_TITLES.get(inputs.task, "group"),
+        "group_header": [GROUP_TITLES.get(inputs.task, "group")] + group_columns,
+        "group_rows": group_rows,
         "versions": sorted(versions.items()),
         "has_loss_curve": inputs.has_loss_curve,
         "recipe_yaml": inputs.recipe_yaml.rstrip("\n"),

@@ -211,6 +211,14 @@ def _predict_line(result: dict) -> str:
 
     if "label" in result:
         return f"{flat(result['label'])}\t{result['score']:.4f}\t{flat(result['input'])}"
+    if "entities" in result:  # token classification: TYPE "text" [start:end] score; ...
+        spans = [f"{e['type']} \"{flat(e['text'])}\" [{e['start']}:{e['end']}] {e['score']:.4f}" for e in result["entities"]]
+        return f"{'; '.join(spans) or '(no entities)'}\t{flat(result['input'])}"
+    if "labels" in result:  # multi-label: every label over the threshold, most probable first
+        names, scores = ",".join(flat(x["label"]) for x in result["labels"]), ",".join(f"{x['score']:.4f}" for x in result["labels"])
+        return f"{names or '(none)'}\t{scores or '-'}\t{flat(result['input'])}"
+    if "value" in result:  # regression
+        return f"{result['value']:.4f}\t{flat(result['input'])}"
     if "generated_text" in result:
         return flat(result["generated_text"])
     return "\t".join(flat(v) for v in result.values())

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hftoolkit")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Architectures with a classification head sized by the label count, whose loss is a plain batch mean.
+HEAD_ARCHITECTURES = ("ForSequenceClassification", "ForImageClassification", "ForTokenClassification")
 
 
 def resolve_ref(model: ModelSection) -> str:
@@ -227,7 +229,7 @@ def check_head(config: Any, task: Task, labels: list[str] | None, model: ModelSe
     if labels is None:
         return False
     archs = getattr(config, "architectures", None) or []
-    has_head = any(a.endswith(("ForSequenceClassification", "ForImageClassification")) for a in archs)
+    has_head = any(a.endswith(HEAD_ARCHITECTURES) for a in archs)
     if not has_head or config.num_labels == len(labels):
         return False
     if not model.replace_head:
@@ -340,7 +342,7 @@ def declare_mean_loss(model: Any) -> None:
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     name = type(base).__name__
-    if name.endswith(("ForSequenceClassification", "ForImageClassification")) and "accepts_loss_kwargs" not in vars(type(base)):
+    if name.endswith(HEAD_ARCHITECTURES) and "accepts_loss_kwargs" not in vars(type(base)):
         base.accepts_loss_kwargs = False
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hftoolkit.errors import RecipeError
 
-TaskName = Literal["text-classification", "causal-lm", "image-classification"]
+TaskName = Literal["text-classification", "causal-lm", "image-classification", "token-classification"]
 SplitRole = Literal["train", "validation", "test"]
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 # Shape of a Hugging Face access token. Recipes are saved in run directories and published with models.
@@ -73,6 +73,10 @@ class Columns(_Section):
     messages: str | None = Field(None, description="Chat messages column: a list of {role, content} (SFT).")
     prompt: str | None = Field(None, description="Prompt column (SFT with prompt/response pairs).")
     response: str | None = Field(None, description="Response column (SFT with prompt/response pairs).")
+    tokens: str | None = Field(None, description="Token classification: a list of words per row.")
+    tags: str | None = Field(
+        None, description="Token classification: a list of tags per row, one per word (ClassLabel ids or strings)."
+    )
 
 
 class Splits(_Section):
@@ -108,6 +112,21 @@ class DatasetSection(_Section):
         256, ge=8, description="Truncate token sequences to this length (causal LM with batching: blocks: the length of every block)."
     )
     skip_bad_images: bool = Field(False, description="Skip images that fail to decode (counted in the data report).")
+    skip_bad_rows: bool = Field(
+        False,
+        description="Token classification: drop rows whose tokens and tags differ in length, that hold an unknown tag "
+        "or an I- tag following nothing (counted in the data report) instead of stopping at the first one.",
+    )
+    label_all_subwords: bool = Field(
+        False,
+        description="Token classification: every subword of a word carries its tag (B- becomes I- after the first "
+        "subword) and is scored; default: only the first subword, the others are ignored (-100).",
+    )
+    regression: bool = Field(
+        False,
+        description="Text classification: the label column holds numbers to predict (one output, MSE loss; metrics "
+        "mse, pearsonr, spearmanr). Without it a float label is an error.",
+    )
     num_proc: int | None = Field(
         None,
         ge=1,
@@ -222,12 +241,25 @@ class EvaluationSection(_Section):
     metrics: list[str] | None = Field(
         None,
         description="evaluate metric names. Shipped offline: accuracy, f1, precision, recall, perplexity, "
-        "next_token_accuracy. Others load from the Hub.",
+        "next_token_accuracy, seqeval, multilabel_f1, exact_match_accuracy, mse, pearsonr, spearmanr. Others load "
+        "from the Hub.",
     )
     average: Literal["auto", "binary", "macro", "micro", "weighted"] = Field(
         "auto", description="Averaging for f1/precision/recall: auto = binary for 2 classes, macro otherwise."
     )
     split: SplitRole | None = Field(None, description="Split `hft evaluate` scores by default (test, else validation).")
+    scheme: Literal["IOB1", "IOB2", "IOE1", "IOE2", "IOBES", "BILOU"] = Field(
+        "IOB2",
+        description="Token classification: the tagging scheme of the tags; data is checked against it, and entities "
+        "are scored (seqeval strict mode) and predicted as spans that are valid in it.",
+    )
+    threshold: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Multi-label text classification (a list of labels per row): a label is predicted when its "
+        "sigmoid probability is at least this.",
+    )
 
 
 class GenerationSection(_Section):
@@ -258,10 +290,13 @@ class Recipe(_Section):
     @model_validator(mode="after")
     def _columns_fit_task(self) -> Recipe:
         # Which column roles each task accepts. Setting another one is an error, not silently ignored.
+        from hftoolkit.tasks.token_classification import TokenClassification
+
         allowed = {
             "text-classification": {"text", "text_pair", "label"},
             "image-classification": {"image", "label"},
             "causal-lm": {"text", "messages", "prompt", "response"},
+            TokenClassification.name: set(TokenClassification.column_roles),
         }[self.task]
         given = {k for k, v in self.dataset.columns.model_dump().items() if v is not None}
         extra = sorted(given - allowed)
@@ -297,6 +332,24 @@ class Recipe(_Section):
             raise ValueError("dataset.batching blocks cuts plain text (columns.text) into blocks; chat data uses padded or packed")
         if ds.end_of_turn_token is not None and c.text is not None:
             raise ValueError("dataset.end_of_turn_token is for chat data (messages or prompt/response), not plain text")
+        return self
+
+    @model_validator(mode="after")
+    def _task_owned_settings(self) -> Recipe:
+        # Keys that one task reads are declared by it (`recipe_keys`) and checked by its `check_recipe`; another task
+        # may not set them. Compared with the schema defaults so the resolved recipe of any run re-validates.
+        from hftoolkit.tasks.text_classification import TASK as text_classification
+        from hftoolkit.tasks.token_classification import TASK as token_classification
+
+        for owner in (text_classification, token_classification):
+            if owner.name == self.task:
+                owner.check_recipe(self)
+                continue
+            for dotted in owner.recipe_keys:
+                section, key = dotted.split(".")
+                part = getattr(self, section)
+                if getattr(part, key) != type(part).model_fields[key].default:
+                    raise ValueError(f"{dotted} is for task {owner.name}, not {self.task}")
         return self
 
     @model_validator(mode="after")

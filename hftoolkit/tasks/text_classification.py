@@ -1,6 +1,7 @@
 """Text classification (BERT family and any AutoModelForSequenceClassification): columns, tokenization, predict.
 
-Labels, the head, metrics and the confusion matrix are shared with image classification (tasks/_classification.py).
+Labels, the head, metrics and the confusion matrix are shared with image classification (tasks/_classification.py);
+multi-label and regression targets are in tasks/_targets.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from hftoolkit.data import require_columns
 from hftoolkit.errors import DataError
+from hftoolkit.tasks import _targets as targets
 from hftoolkit.tasks._classification import LABELS, ClassificationTask
 from hftoolkit.tasks.base import DataReport
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 # Bump when the tokenization output changes, so cached features from older versions are not reused.
 PREPROCESS_VERSION = 1
+LENGTH_SAMPLE = 10_000  # rows of train whose token lengths the data report summarizes
 
 
 def tokenizer_identity(tokenizer: Any) -> str:
@@ -40,6 +43,14 @@ def tokenizer_identity(tokenizer: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def token_length_stats(features: Dataset, sample: int = LENGTH_SAMPLE) -> dict[str, float]:
+    """Token length statistics of the first `sample` rows of tokenized features (their `length` column)."""
+    s = sorted(features["length"][:sample])
+    if not s:
+        return {}
+    return {"sample": len(s), "mean": sum(s) / len(s), "p50": s[len(s) // 2], "p95": s[min(len(s) - 1, int(len(s) * 0.95))], "max": s[-1]}
+
+
 def _split_sources(splits: dict[str, Dataset]) -> str:
     return ",".join(f"{k}={v._fingerprint}" for k, v in sorted(splits.items()))
 
@@ -49,6 +60,27 @@ class TextClassification(ClassificationTask):
     pipeline_tag = "text-classification"
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
+    recipe_keys = ("dataset.regression", "evaluation.threshold")  # only this task may set them
+    float_label_hint = "to predict numbers (regression) set dataset.regression: true"
+    # From the data (lists of labels: multi-label) and the recipe (dataset.regression), set by prepare(); the pipeline
+    # calls prepare() before anything that reads it, and predict reads the saved config's problem_type instead.
+    problem_type = targets.SINGLE_LABEL
+
+    @property
+    def default_metrics(self) -> tuple[str, ...]:  # type: ignore[override]
+        return targets.DEFAULT_METRICS[self.problem_type]
+
+    def check_recipe(self, recipe: Recipe) -> None:
+        """Recipe-time rules for this task's own keys (raised as ValueError: the schema reports them with their line)."""
+        ds, t = recipe.dataset, recipe.training
+        if ds.regression:
+            for key in ("label_names", "num_labels"):
+                if getattr(ds, key) is not None:
+                    raise ValueError(f"dataset.{key} names classes; dataset.regression: true predicts numbers")
+            if targets.threshold_set(recipe):
+                raise ValueError("evaluation.threshold is for multi-label data; dataset.regression: true predicts numbers")
+            if t.metric_for_best_model in ("mse", "eval_mse") and t.greater_is_better is not False:
+                raise ValueError("training.metric_for_best_model mse is better when lower: set training.greater_is_better: false")
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoTokenizer
@@ -65,7 +97,28 @@ class TextClassification(ClassificationTask):
         for role, split in splits.items():
             require_columns(split, role, {"text": cols.text, "text_pair": cols.text_pair, "label": cols.label})
             report.columns[role] = list(split.column_names)
-        return self.encode_labels(splits, recipe)
+        self.problem_type = targets.problem_type(splits["train"], cols.label, recipe)
+        if self.problem_type == targets.REGRESSION:
+            targets.encode_regression(splits, cols.label, report)
+            return None
+        if self.problem_type == targets.MULTI_LABEL:
+            return targets.encode_multi_labels(splits, recipe)
+        names = self.encode_labels(splits, recipe)
+        if targets.threshold_set(recipe):
+            raise DataError(
+                f"evaluation.threshold is for multi-label data (a list of labels per row); column {cols.label!r} holds "
+                "one label per row"
+            )
+        return names
+
+    def stratify_column(self, recipe: Recipe) -> str | None:
+        # Only single labels stratify (and are counted by the pipeline); multi-label counts come from preprocess().
+        return super().stratify_column(recipe) if self.problem_type == targets.SINGLE_LABEL else None
+
+    def model_kwargs(self, labels: list[str] | None) -> dict[str, Any]:
+        if labels is None:
+            return {"num_labels": 1, "problem_type": targets.REGRESSION}
+        return {**super().model_kwargs(labels), "problem_type": self.problem_type}
 
     # ---------------------------------------------------------------------------------------------------------------
     # Features
@@ -75,6 +128,8 @@ class TextClassification(ClassificationTask):
         max_length = recipe.dataset.max_length
         ident = tokenizer_identity(tokenizer)
         text, pair, label = cols.text, cols.text_pair, cols.label
+        multi = self.problem_type == targets.MULTI_LABEL
+        names = list(splits["train"].features[label].feature.names) if multi else []
 
         def tokenize(batch: dict[str, list]) -> dict[str, list]:
             for c in (text, pair):
@@ -84,7 +139,7 @@ class TextClassification(ClassificationTask):
                             raise DataError(f"column {c!r}: value {v!r} is not text (row {i} of a batch)")
             enc = tokenizer(batch[text], batch[pair] if pair else None, truncation=True, max_length=max_length)
             out = dict(enc)
-            out[LABELS] = batch[label]
+            out[LABELS] = [targets.multi_hot(ids, len(names)) for ids in batch[label]] if multi else batch[label]
             out["length"] = [len(ids) for ids in enc["input_ids"]]
             # The fast tokenizer keeps what truncation cut off; that is how we count truncated examples for free.
             out["truncated"] = [len(e.overflowing) > 0 for e in enc.encodings] if enc.encodings else [False] * len(out["length"])
@@ -107,16 +162,9 @@ class TextClassification(ClassificationTask):
             truncated = mapped.data.column("truncated").to_pylist() if mapped._indices is None else mapped["truncated"]
             report.truncated_share[role] = sum(truncated) / max(len(truncated), 1)
             features[role] = mapped.remove_columns(["truncated"])
-        lengths = features["train"]["length"][:10000]
-        if lengths:
-            s = sorted(lengths)
-            report.token_lengths = {
-                "sample": len(s),
-                "mean": sum(s) / len(s),
-                "p50": s[len(s) // 2],
-                "p95": s[min(len(s) - 1, int(len(s) * 0.95))],
-                "max": s[-1],
-            }
+            if multi:
+                report.label_counts[role] = targets.count_multi_labels(features[role], names)
+        report.token_lengths = token_length_stats(features["train"])
         return features
 
     def collator(self, tokenizer: Any, recipe: Recipe, on_gpu: bool) -> Callable:
@@ -132,7 +180,27 @@ class TextClassification(ClassificationTask):
         return collate
 
     # ---------------------------------------------------------------------------------------------------------------
-    # Prediction
+    # Metrics and prediction
+
+    def metrics(self, recipe: Recipe, labels: list[str] | None) -> Callable:
+        if self.problem_type == targets.SINGLE_LABEL:
+            return super().metrics(recipe, labels)
+        return targets.metrics(self.problem_type, recipe)
+
+    def preprocess_logits_for_metrics(self, logits: Any, labels: Any) -> Any:
+        # Float labels: multi-hot rows (multi-label: probabilities, thresholded by the metrics) or one value per row.
+        if labels is not None and labels.is_floating_point():
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            return logits.float().sigmoid() if labels.ndim == 2 else logits.float().reshape(-1)
+        return super().preprocess_logits_for_metrics(logits, labels)
+
+    def write_eval_artifacts(self, out_dir: Any, predictions: Any, references: Any, labels: list[str] | None) -> list[str]:
+        if self.problem_type != targets.SINGLE_LABEL:
+            return []  # a confusion matrix needs one class per example
+        return super().write_eval_artifacts(out_dir, predictions, references, labels)
+
+    def predict_options(self, recipe: Recipe) -> dict[str, Any]:
+        return {"threshold": recipe.evaluation.threshold}
 
     def predict(self, model: Any, tokenizer: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
         import torch
@@ -141,6 +209,11 @@ class TextClassification(ClassificationTask):
         enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.no_grad():
             logits = model(**enc).logits
+        kind = getattr(model.config, "problem_type", None)
+        if kind == targets.REGRESSION:
+            return targets.regression_results(logits, inputs)
+        if kind == targets.MULTI_LABEL:
+            return targets.multi_label_results(model, logits, inputs, options["threshold"])
         return self.top_labels(model, logits, inputs)
 
 
