@@ -166,7 +166,7 @@ def test_skip_bad_rows_drops_and_counts_them(bad_data):
 
 def test_tags_must_fit_the_scheme(bad_data):
     recipe = bad_data([("train", 0, {"tokens": ["x"], "tags": ["PER"]})])
-    refused(hft("validate", recipe), "tag 'PER' in column 'tags' is not an IOB2 tag", "evaluation.scheme")
+    refused(hft("validate", recipe), "tag 'PER' in column 'tags' does not fit evaluation.scheme IOB2")
 
 
 def test_integer_tags_without_names_are_refused(tmp_path, tiny_bert):

@@ -90,6 +90,8 @@ def encode_multi_labels(splits: dict[str, Dataset], recipe: Recipe) -> list[str]
     dtype = getattr(inner, "dtype", "")
     if isinstance(inner, ClassLabel):
         names = list(inner.names)
+        if recipe.dataset.label_names is not None and recipe.dataset.label_names != names:
+            raise DataError(f"dataset.label_names {recipe.dataset.label_names} differ from the dataset's own label names {names}")
     elif dtype in ("string", "large_string"):
         names = sorted({x for v in rows["train"] for x in v})
     elif dtype.startswith(("int", "uint")):

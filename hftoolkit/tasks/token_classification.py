@@ -46,7 +46,9 @@ ALL_SUBWORD_SCHEMES = ("IOB1", "IOB2")
 BAD_LENGTH, BAD_TAG, BAD_START, BAD_MISSING = (
     "tokens and tags differ in length", "unknown tag", "I- tag following nothing", "tokens or tags missing",
 )
-SEQEVAL_OVERALL = {"overall_precision": "precision", "overall_recall": "recall", "overall_f1": "f1", "overall_accuracy": "accuracy"}
+SEQEVAL_OVERALL = {
+    "overall_precision": "precision", "overall_recall": "recall", "overall_f1": "f1", "overall_accuracy": "accuracy",
+}
 SEQEVAL_PER_TYPE = {"precision": "precision", "recall": "recall", "f1": "f1", "number": "support"}
 
 
@@ -96,7 +98,8 @@ def tag_sequences(predictions: Any, references: Any, names: list[str]) -> tuple[
 def seqeval_scores(pred_tags: list[list[str]], ref_tags: list[list[str]], scheme: str) -> dict[str, float]:
     """precision / recall / f1 (entity level, overall) and accuracy (tokens), plus TYPE/precision ... per entity type."""
     try:
-        raw = metric_lib.load_metric("seqeval").compute(predictions=pred_tags, references=ref_tags, scheme=scheme, zero_division=0)
+        seqeval = metric_lib.load_metric("seqeval")
+        raw = seqeval.compute(predictions=pred_tags, references=ref_tags, scheme=scheme, zero_division=0)
     except MetricError:
         raise
     except Exception as e:
@@ -121,11 +124,13 @@ class TokenClassification(ClassificationTask):
         cols, ds = recipe.dataset.columns, recipe.dataset
         missing = [f"dataset.columns.{role}" for role in self.column_roles if getattr(cols, role) is None]
         if missing:
-            raise ValueError(f"{' and '.join(missing)} needed: token-classification reads a list of words and a list of tags per row")
+            raise ValueError(
+                f"{' and '.join(missing)} needed: token-classification reads a list of words and a list of tags per row"
+            )
         if ds.label_all_subwords and recipe.evaluation.scheme not in ALL_SUBWORD_SCHEMES:
             raise ValueError(
-                f"dataset.label_all_subwords works with evaluation.scheme {' or '.join(ALL_SUBWORD_SCHEMES)} (later subwords "
-                f"of a word get its I- tag); {recipe.evaluation.scheme} marks entity ends, which a repeated tag would break"
+                f"dataset.label_all_subwords works with evaluation.scheme {' or '.join(ALL_SUBWORD_SCHEMES)} (later "
+                f"subwords of a word get its I- tag); {recipe.evaluation.scheme} marks entity ends, which that would break"
             )
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
@@ -152,6 +157,12 @@ class TokenClassification(ClassificationTask):
         for role, split in splits.items():
             require_columns(split, role, {"tokens": cols.tokens, "tags": cols.tags})
             report.columns[role] = list(split.column_names)
+            words = split.features[cols.tokens]
+            if getattr(getattr(words, "feature", None), "dtype", "") not in ("string", "large_string"):
+                raise DataError(
+                    f"column {cols.tokens!r} of split {role!r} has type {words}; token-classification needs a list of "
+                    "words (strings) per row"
+                )
         names = self._tag_names(splits, recipe)
         self._check_rows(splits, recipe, names, report)
         for role, split in splits.items():
@@ -175,17 +186,22 @@ class TokenClassification(ClassificationTask):
         elif dtype.startswith(("int", "uint")) and ds.label_names:
             names = list(ds.label_names)
         elif dtype.startswith(("int", "uint")):
-            raise DataError(f"column {col!r} holds integer tags without names; give dataset.label_names (e.g. [O, B-PER, I-PER])")
+            raise DataError(
+                f"column {col!r} holds integer tags without names; give dataset.label_names (e.g. [O, B-PER, I-PER])"
+            )
         else:
-            raise DataError(f"column {col!r} has type {splits['train'].features[col]}; token-classification needs a list of tags per row")
+            raise DataError(
+                f"column {col!r} has type {splits['train'].features[col]}; token-classification needs a list of tags per row"
+            )
         if ds.num_labels is not None and ds.num_labels != len(names):
             raise DataError(f"dataset.num_labels is {ds.num_labels} but the data has {len(names)} tags: {', '.join(names)}")
-        prefixes = SCHEMES[recipe.evaluation.scheme][0]
+        scheme = recipe.evaluation.scheme
+        prefixes = SCHEMES[scheme][0]
         for name in names:
             if name != "O" and not (len(name) > 2 and name[0] in prefixes and name[1] == "-"):
                 raise DataError(
-                    f"tag {name!r} in column {col!r} is not an {recipe.evaluation.scheme} tag ({'-, '.join(prefixes)}-TYPE or O); "
-                    "set evaluation.scheme to the data's scheme"
+                    f"tag {name!r} in column {col!r} does not fit evaluation.scheme {scheme} ({'/'.join(prefixes)}-TYPE "
+                    "or O); set evaluation.scheme to the data's scheme"
                 )
         return names
 
@@ -203,7 +219,9 @@ class TokenClassification(ClassificationTask):
                 if problem is None:
                     continue
                 if not skip:
-                    raise DataError(f"split {role!r} row {i}: {problem[1]} (or set dataset.skip_bad_rows: true to drop such rows)")
+                    raise DataError(
+                        f"split {role!r} row {i}: {problem[1]} (or set dataset.skip_bad_rows: true to drop such rows)"
+                    )
                 bad.setdefault(problem[0], []).append(i)
             if bad:
                 dropped = {i for rows in bad.values() for i in rows}
@@ -214,7 +232,9 @@ class TokenClassification(ClassificationTask):
     # ---------------------------------------------------------------------------------------------------------------
     # Features
 
-    def preprocess(self, splits: dict[str, Dataset], recipe: Recipe, tokenizer: Any, report: DataReport) -> dict[str, Dataset]:
+    def preprocess(
+        self, splits: dict[str, Dataset], recipe: Recipe, tokenizer: Any, report: DataReport
+    ) -> dict[str, Dataset]:
         cols, ds = recipe.dataset.columns, recipe.dataset
         names = list(splits["train"].features[cols.tags].feature.names)
         inside = inside_ids(names) if ds.label_all_subwords else None
@@ -234,7 +254,8 @@ class TokenClassification(ClassificationTask):
         for role, split in splits.items():
             counts = Counter(t for row in self._column(split, tags) for t in row)
             report.label_counts[role] = {name: counts.get(i, 0) for i, name in enumerate(names)}
-            key = f"tok{PREPROCESS_VERSION}|{split._fingerprint}|{ident}|{ds.max_length}|{words}|{tags}|{ds.label_all_subwords}"
+            key = f"tok{PREPROCESS_VERSION}|{split._fingerprint}|{ident}|{ds.max_length}|{words}|{tags}"
+            key += f"|{ds.label_all_subwords}"
             mapped = split.map(
                 tokenize, batched=True, batch_size=1000, num_proc=ds.num_proc, remove_columns=split.column_names,
                 new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32], desc=f"Tokenizing {role}",
@@ -249,7 +270,9 @@ class TokenClassification(ClassificationTask):
         from transformers import DataCollatorForTokenClassification
 
         # Pads labels with IGNORE; multiples of 8 help tensor cores on GPU and only waste compute on CPU.
-        pad = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8 if on_gpu else None, label_pad_token_id=IGNORE)
+        pad = DataCollatorForTokenClassification(
+            tokenizer, pad_to_multiple_of=8 if on_gpu else None, label_pad_token_id=IGNORE
+        )
 
         def collate(examples: list[dict]) -> dict:
             # `length` feeds the length-grouped sampler; the model must not see it.
@@ -277,7 +300,8 @@ class TokenClassification(ClassificationTask):
                 if name == "seqeval":
                     results.update(seqeval_scores(*tag_sequences(preds, refs, tags), scheme))
                 else:  # any other metric scores the tags token by token
-                    results.update(metric_lib.compute([name], preds[scored].tolist(), refs[scored].tolist(), len(tags), recipe.evaluation.average))
+                    flat_preds, flat_refs = preds[scored].tolist(), refs[scored].tolist()
+                    results.update(metric_lib.compute([name], flat_preds, flat_refs, len(tags), recipe.evaluation.average))
             return results
 
         return compute
@@ -303,7 +327,10 @@ class TokenClassification(ClassificationTask):
         if not todo:
             return results
         words = [[inputs[i][a:b] for a, b in offsets[i]] for i in todo]
-        enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=options["max_length"], padding=True, return_tensors="pt")
+        enc = tokenizer(
+            words, is_split_into_words=True, truncation=True, max_length=options["max_length"], padding=True,
+            return_tensors="pt",
+        )
         with torch.no_grad():
             probs = model(**{k: v.to(model.device) for k, v in enc.items()}).logits.float().softmax(-1).cpu()
         id2label = model.config.id2label
@@ -331,7 +358,8 @@ def row_problem(words: Any, tags: Any, names: list[str], index: dict[str, int], 
     for j, t in enumerate(tags):
         name = t if isinstance(t, str) else names[t] if 0 <= t < len(names) else None
         if name is None or name not in index:
-            shown = f"{t!r} does not occur in train" if isinstance(t, str) else f"{t} is outside the known tags 0..{len(names) - 1}"
+            known = f"is outside the known tags 0..{len(names) - 1}"
+            shown = f"{t!r} does not occur in train" if isinstance(t, str) else f"{t} {known}"
             return BAD_TAG, f"tag {shown} (word {j})"
         if name[0] in continuing and not (previous[0] in OPENING_OR_INSIDE and previous[2:] == name[2:] and previous != "O"):
             after = "the start of the row" if j == 0 else f"{previous!r}"
