@@ -281,3 +281,5 @@ def test_card_has_per_entity_scores_and_an_overall_model_index(trained):
     assert "### Scores per entity type" in card and "| entity type | precision | recall | f1 | support |" in card
     assert "| PER |" in card and "| id | label | train words | validation words | test words |" in card
     assert "is_split_into_words=True" in card and 'hft predict org/tiny-ner "Angela Merkel visited Seattle."' in card
+    snippet = card.split("```python\n", 1)[1].split("\n```", 1)[0]
+    compile(snippet, "model card snippet", "exec")  # the usage code is valid Python
