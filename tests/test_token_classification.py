@@ -28,8 +28,9 @@ LAST = ["smith", "jones", "brown"]
 CITIES = [["paris"], ["london"], ["berlin"], ["new", "york"], ["rome"]]
 VERBS = ["visited", "left", "loves", "likes"]
 TAGS = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]  # sorted distinct strings: the label order hft derives
-# Measured on this data (160 train rows, 80 steps of the tiny BERT with LoRA r=4): validation entity F1 0.86.
-MIN_F1 = 0.6
+# Measured on this data (160 train rows, 80 steps of the tiny BERT with LoRA r=4, fp32): validation entity F1 0.93;
+# the margin covers bf16 autocast on CPUs that have it (precision: auto).
+MIN_F1 = 0.75
 
 
 def ner_row(rng: random.Random) -> dict:
