@@ -121,8 +121,8 @@ def run_variant(variant: str, config: dict[str, Any], probe: Any) -> dict[str, A
         return run_baseline(config)
     import yaml
 
-    from hftoolkit.pipeline import finetune
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.commands.finetune import finetune
+    from hftoolkit.recipe.schema import load_recipe
 
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", "bench-run"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def run_baseline(config: dict[str, Any]) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed
 
-    from hftoolkit.recipe import LoraSection
+    from hftoolkit.recipe.schema import LoraSection
 
     set_seed(config["seed"])
     files = config["files"]
@@ -178,9 +178,9 @@ def loss_check(config: dict[str, Any]) -> dict[str, Any]:
     import transformers
 
     from hftoolkit.modeling import load_processor
-    from hftoolkit.pipeline import prepare_data
-    from hftoolkit.recipe import Recipe
-    from hftoolkit.tasks import get_task
+    from hftoolkit.training.prepare import prepare_data
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.tasks.registry import get_task
 
     task = get_task("causal-lm")
     recipes = {b: Recipe.model_validate(_recipe_dict(config, b, False, Path("unused"))) for b in ("padded", "packed")}

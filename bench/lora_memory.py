@@ -89,7 +89,7 @@ def _smollm2_safetensors(out: Path) -> str:
     # a still-quantized model cannot be saved.
     code = (
         "import sys; from transformers import AutoModelForCausalLM, AutoTokenizer; "
-        "from hftoolkit.modeling import weight_kwargs; from hftoolkit.recipe import ModelSection; "
+        "from hftoolkit.modeling import weight_kwargs; from hftoolkit.recipe.schema import ModelSection; "
         "d, f, t = sys.argv[1:]; "
         "AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(t); "
         "kw = weight_kwargs(ModelSection(name=d, gguf_file=f)); "
@@ -103,8 +103,8 @@ def _smollm2_safetensors(out: Path) -> str:
 def run_variant(variant: str, config: dict[str, Any], probe: Any) -> dict[str, Any]:
     import yaml
 
-    from hftoolkit.pipeline import finetune
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.commands.finetune import finetune
+    from hftoolkit.recipe.schema import load_recipe
 
     probe.install()
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", "bench-run"))

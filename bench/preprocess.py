@@ -55,7 +55,7 @@ def plan(args: Any, out: Path) -> Plan:
 
 
 def _recipe(config: dict[str, Any]) -> Any:
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
 
     return Recipe.model_validate({
         "task": "text-classification",
@@ -68,13 +68,13 @@ def _recipe(config: dict[str, Any]) -> Any:
 
 def run_variant(variant: str, config: dict[str, Any], probe: Any) -> dict[str, Any]:
     from hftoolkit.modeling import load_processor
-    from hftoolkit.tasks import get_task
+    from hftoolkit.tasks.registry import get_task
 
     recipe = _recipe(config)
     task = get_task("text-classification")
     tokenizer = load_processor(task, recipe.model)
     if variant in ("first", "cached"):
-        from hftoolkit.pipeline import prepare_data
+        from hftoolkit.training.prepare import prepare_data
 
         timing: dict[str, float] = {}
         original = type(task).preprocess

@@ -75,7 +75,7 @@ class Probe:
             self.samples += int(ids.shape[0])
         elif inputs.get("position_ids") is not None:
             # Packed rows: each example starts at position 0; a row's trailing segment whose labels are all -100 is
-            # the padding that fills it to the batch's width (hftoolkit.tasks.causal_lm.pack_rows).
+            # the padding that fills it to the batch's width (hftoolkit.tasks._packing.pack_rows).
             positions, labels = inputs["position_ids"], inputs.get("labels")
             pad_tokens = pad_segments = 0
             for r in range(positions.shape[0]):

@@ -85,8 +85,8 @@ def run_variant(variant: str, config: dict[str, Any], probe: Any) -> dict[str, A
                 raise
     elif variant == "load-traced":
         from hftoolkit.modeling import load_model
-        from hftoolkit.recipe import load_recipe
-        from hftoolkit.tasks import get_task
+        from hftoolkit.recipe.schema import load_recipe
+        from hftoolkit.tasks.registry import get_task
 
         load_model(get_task("text-classification"), load_recipe(REPO / config["recipe"]), ["negative", "positive"])
     else:
@@ -145,8 +145,8 @@ def _strace(variant: str, config: dict[str, Any]) -> dict[str, Any]:
         target = [config["python"], "-m", "hftoolkit", "validate", config["recipe"]]
     else:
         code = (
-            "from hftoolkit.modeling import load_model; from hftoolkit.recipe import load_recipe; "
-            "from hftoolkit.tasks import get_task; "
+            "from hftoolkit.modeling import load_model; from hftoolkit.recipe.schema import load_recipe; "
+            "from hftoolkit.tasks.registry import get_task; "
             f"load_model(get_task('text-classification'), load_recipe({config['recipe']!r}), ['negative', 'positive'])"
         )
         target = [config["python"], "-c", code]

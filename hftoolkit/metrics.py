@@ -7,12 +7,12 @@ instead of evaluate's retries and a stack trace.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from hftoolkit.errors import MetricError
+from hftoolkit.refs import OFFLINE_FLAG, hub_offline
 
 SHIPPED_DIR = Path(__file__).parent / "metric_modules"
 SHIPPED = (
@@ -23,10 +23,6 @@ SHIPPED = (
 AVERAGED = {"f1", "precision", "recall"}
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
-
-
 @lru_cache(maxsize=None)
 def load_metric(name: str) -> Any:
     import evaluate
@@ -35,10 +31,15 @@ def load_metric(name: str) -> Any:
     if (local / f"{name}.py").is_file():
         return evaluate.load(str(local))
     if Path(name).is_dir():
-        return evaluate.load(name)
-    if _offline():
+        if not any(Path(name).glob("*.py")):
+            raise MetricError(f"metric {name!r} is a folder but not an evaluate module (no .py script in it)")
+        try:
+            return evaluate.load(name)
+        except (OSError, ImportError, ValueError) as e:
+            raise MetricError(f"cannot load the local evaluate module {name!r} ({type(e).__name__}: {e})") from None
+    if hub_offline():
         raise MetricError(
-            f"metric {name!r} is not shipped with hftoolkit (shipped: {', '.join(SHIPPED)}) and HF_HUB_OFFLINE=1 "
+            f"metric {name!r} is not shipped with hftoolkit (shipped: {', '.join(SHIPPED)}) and {OFFLINE_FLAG} "
             "stops evaluate from fetching it from the Hub; unset HF_HUB_OFFLINE, or give a local evaluate module folder"
         )
     try:
@@ -64,6 +65,11 @@ def compute(names: list[str] | tuple[str, ...], predictions, references, num_lab
             if isinstance(v, (int, float)):
                 results[k] = float(v)
     return results
+
+
+def recipe_metrics(recipe: Any, task: Any) -> list[str]:
+    """The metrics a run scores: the recipe's `evaluation.metrics`, else the task's defaults."""
+    return list(recipe.evaluation.metrics or task.default_metrics)
 
 
 def check_available(names: list[str] | tuple[str, ...]) -> None:

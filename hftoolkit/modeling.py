@@ -6,42 +6,26 @@ says so with a pinned commit, and loader errors turned into one actionable messa
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hftoolkit.errors import HubOfflineError, ModelError
+from hftoolkit.model_checks import (
+    check_file_references, check_local_weights, check_max_length, check_model_folder, check_processor_files,
+    check_weights_present,
+)
+from hftoolkit.refs import hub_offline, offline_hint, resolve_model_ref
 
 if TYPE_CHECKING:
-    from hftoolkit.recipe import ModelSection, Recipe
+    from hftoolkit.recipe.schema import ModelSection, Recipe
     from hftoolkit.tasks.base import Task
 
 log = logging.getLogger("hftoolkit")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Architectures with a classification head sized by the label count, whose loss is a plain batch mean.
 HEAD_ARCHITECTURES = ("ForSequenceClassification", "ForImageClassification", "ForTokenClassification")
-
-
-def resolve_ref(model: ModelSection) -> str:
-    """Where to load the model from: a local folder, a Hub id, or a folder shipped in a Python package."""
-    name = model.name
-    if name.startswith("package:"):
-        module_name = name.removeprefix("package:")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            raise ModelError(f"model.name {name!r}: Python package {module_name!r} is not installed") from None
-        if not hasattr(module, "get_model_path"):
-            raise ModelError(f"model.name {name!r}: package {module_name!r} has no get_model_path()")
-        return str(module.get_model_path())
-    path = Path(name).expanduser()
-    if path.exists():
-        return str(path)
-    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
-        raise ModelError(f"model.name {name!r}: local path does not exist (resolved to {path.resolve()})")
-    return name
+# The file transformers reads first from a model repo: fetched (or found in the cache) to check it before it is used.
+TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 def load_kwargs(model: ModelSection) -> dict[str, Any]:
@@ -66,7 +50,7 @@ def _warn_remote_code(model: ModelSection) -> None:
     _warned_remote_code.add(key)
     what = "the Python files its config's auto_map names"
     try:
-        folder = Path(resolve_ref(model))
+        folder = Path(resolve_model_ref(model))
     except ModelError:
         return
     if folder.is_dir():
@@ -106,118 +90,102 @@ def weight_kwargs(model: ModelSection) -> dict[str, Any]:
     return {}
 
 
-def check_local_weights(ref: str, model: ModelSection) -> None:
-    """A local folder with only pickle weights is refused before transformers would unpickle it."""
-    folder = Path(ref)
-    if not folder.is_dir() or model.allow_pickle or model.gguf_file:
-        return
-    files = [p.name for p in folder.iterdir() if p.is_file()]
-    if any(f.endswith(".safetensors") for f in files):
-        return
-    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
-    if pickles:
-        raise ModelError(
-            f"model {model.name!r} has only pickle weights ({', '.join(pickles)}), which can run arbitrary code when "
-            "loaded; convert them to safetensors, or set model.allow_pickle: true if you trust the source"
-        )
-
-
-# Configs whose `*_file` entries a tokenizer or processor opens as paths.
-_REFERENCING_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json", "processor_config.json", "preprocessor_config.json")
-
-
-def check_file_references(folder: str | Path) -> None:
-    """Refuse tokenizer/processor configs whose file entries leave the model folder (e.g. "vocab_file": "../.env").
-
-    Older transformers open such entries as given, so a downloaded model could read any file this user can read
-    (and `hft push` would then publish it as part of the vocabulary). Checked before anything is loaded; the path
-    is normalised without following symlinks, since the Hub cache links snapshot files to blobs elsewhere.
-    """
-    import json
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    root = os.path.normpath(os.path.abspath(folder))
-    for name in _REFERENCING_CONFIGS:
-        path = folder / name
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # missing or unreadable: transformers reports that itself
-        for key, value in _file_entries(data):
-            target = os.path.normpath(os.path.join(root, value))
-            if os.path.isabs(value) or not target.startswith(root + os.sep):
-                raise ModelError(
-                    f"{path}: {key} = {value!r} points outside the model folder; refusing to load a tokenizer or "
-                    "processor that would read files from elsewhere on this machine"
-                )
-
-
-def _file_entries(data: Any, prefix: str = "") -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    if isinstance(data, dict):
-        for k, v in data.items():
-            dotted = f"{prefix}{k}"
-            if isinstance(k, str) and k.endswith(("_file", "_files")):
-                values = v if isinstance(v, list) else [v]
-                out += [(dotted, x) for x in values if isinstance(x, str) and x]
-            elif isinstance(v, dict):
-                out += _file_entries(v, dotted + ".")
-    return out
-
-
 def _local_snapshot(ref: str, model: ModelSection) -> Path | None:
     """The folder the processor is read from: the local folder, or the cached Hub snapshot (None if not cached)."""
     if Path(ref).is_dir():
         return Path(ref)
-    try:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
 
-        found = try_to_load_from_cache(ref, "tokenizer_config.json", revision=model.revision)
-        if not isinstance(found, str) and os.environ.get("HF_HUB_OFFLINE", "0").lower() not in {"1", "true", "yes", "on"}:
-            # The file transformers would download first anyway; fetching it now lets us check it before it is used.
-            found = hf_hub_download(ref, "tokenizer_config.json", revision=model.revision)
-    except Exception:  # not a repo id, no such file, no network: the loader itself reports what matters
-        return None
+    try:
+        found = try_to_load_from_cache(ref, TOKENIZER_CONFIG, revision=model.revision)
+        if not isinstance(found, str) and not hub_offline():
+            found = hf_hub_download(ref, TOKENIZER_CONFIG, revision=model.revision)
+    except (HFValidationError, EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError):
+        return None  # not a repo id, no such file, no network: the loader itself reports what matters
     return Path(found).parent if isinstance(found, str) else None
 
 
-def explain_load_error(e: Exception, what: str, model: ModelSection) -> Exception:
-    text = str(e)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
-    if "safetensors" in text.lower() and ("not found" in text.lower() or "no file named" in text.lower() or "use_safetensors" in text):
+def _hub_cause(e: BaseException) -> BaseException | None:
+    """The huggingface_hub error behind a loader's OSError (transformers raises `OSError(...) from e`)."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def explain_load_error(e: Exception, what: str, model: ModelSection, *, weights: bool = False) -> Exception:
+    """A loader failure as one line, chosen by the type of the Hub error behind it (or, for weights, the fact that
+    only safetensors are accepted)."""
+    from huggingface_hub.errors import (
+        GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError,
+    )
+
+    cause = _hub_cause(e)
+    if isinstance(cause, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        return HubOfflineError(
+            f"{what} {model.name!r} is not a local folder and is not in the local cache, and the Hub cannot be used "
+            f"({offline_hint()}); use a local folder or go online once to cache it"
+        )
+    if isinstance(cause, GatedRepoError):
+        return ModelError(f"{what} {model.name!r} is a gated repo: request access on the Hub, then log in (hf auth login)")
+    if isinstance(cause, RevisionNotFoundError):
+        return ModelError(f"{what} {model.name!r} has no revision {model.revision!r} on the Hub")
+    if isinstance(cause, RepositoryNotFoundError):
+        return ModelError(f"{what} {model.name!r} was not found locally or on the Hub (check the name, revision and token)")
+    if cause is not None:
+        return ModelError(f"cannot load {what} {model.name!r}: the Hub answered HTTP {cause.response.status_code}")
+    if weights and isinstance(e, OSError) and not model.allow_pickle:
         return ModelError(
             f"{what} {model.name!r} has no safetensors weights; pickle weights are refused unless model.allow_pickle: true"
         )
-    if "offline" in text.lower() or "couldn't connect" in text.lower() or "connection" in text.lower() or (
-        offline and "not a valid model identifier" not in text
-    ):
-        return HubOfflineError(
-            f"{what} {model.name!r} is not a local folder and is not in the local cache, and the Hub is unreachable "
-            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); use a local folder or go online once to cache it"
-        )
-    if "is not a local folder and is not a valid model identifier" in text or "Repository Not Found" in text or "404" in text:
-        return ModelError(f"{what} {model.name!r} was not found locally or on the Hub (check the name, revision and token)")
-    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return ModelError(f"cannot load {what} {model.name!r}: {first}")
 
 
 def load_processor(task: Task, model: ModelSection) -> Any:
-    ref = resolve_ref(model)
+    ref = resolve_model_ref(model)
     snapshot = _local_snapshot(ref, model)
     if snapshot is not None:
         check_file_references(snapshot)
+    check_processor_files(ref, task, model)
     try:
         return task.load_processor(ref, load_kwargs(model))
     except (OSError, ValueError, KeyError) as e:
         raise explain_load_error(e, "processor of model", model) from e
 
 
+def check_model(task: Task, recipe: Recipe) -> Any:
+    """Weights present, max_length within the position limit; returns the model config (read, nothing loaded).
+    validate and finetune both call this before any data is read."""
+    check_weights_present(resolve_model_ref(recipe.model), recipe.model)
+    config = load_config(recipe.model)
+    check_max_length(config, task, recipe)
+    return config
+
+
+def save_model_extras(model: Any, model_dir: Path) -> None:
+    """The base config (with id2label) next to an adapter, so labels survive; drop PEFT's placeholder card.
+
+    training_args.bin is a pickle (Trainer writes it with torch.save); the resolved recipe already records
+    every argument, and a pickle in the model folder would be refused by push and by safe loaders.
+    """
+    (model_dir / "training_args.bin").unlink(missing_ok=True)
+    if hasattr(model, "get_base_model"):
+        model.get_base_model().config.save_pretrained(str(model_dir))
+        placeholder = model_dir / "README.md"
+        if placeholder.is_file():
+            placeholder.unlink()
+
+
 def load_config(model: ModelSection) -> Any:
     from transformers import AutoConfig
 
-    ref = resolve_ref(model)
+    ref = resolve_model_ref(model)
     try:
         return AutoConfig.from_pretrained(ref, **load_kwargs(model))
     except (OSError, ValueError, KeyError) as e:
@@ -241,16 +209,20 @@ def check_head(config: Any, task: Task, labels: list[str] | None, model: ModelSe
     return True
 
 
-def load_model(task: Task, recipe: Recipe, labels: list[str] | None, dtype: Any = None) -> Any:
+def load_model(task: Task, recipe: Recipe, labels: list[str] | None, dtype: Any = None, processor: Any = None) -> Any:
+    """The model to train; with `processor`, the task's processor-dependent config (text classification:
+    pad_token_id, saved with the config so decoder classifiers find each row's last real token after reloading)."""
     import transformers
 
     m = recipe.model
-    ref = resolve_ref(m)
+    ref = resolve_model_ref(m)
     check_local_weights(ref, m)
     config = load_config(m)
     replace = check_head(config, task, labels, m)
     auto = getattr(transformers, task.auto_model)
     kwargs = {**load_kwargs(m), **weight_kwargs(m), **task.model_kwargs(labels)}
+    if processor is not None:
+        kwargs.update(task.processor_model_kwargs(processor))
     if replace:
         kwargs["ignore_mismatched_sizes"] = True
     if not m.allow_pickle and not m.gguf_file:
@@ -268,7 +240,7 @@ def load_model(task: Task, recipe: Recipe, labels: list[str] | None, dtype: Any 
             f"loading it could run code ({unpickling_reason(e)})"
         ) from None
     except (OSError, ValueError, KeyError, EnvironmentError) as e:
-        raise explain_load_error(e, "model", m) from e
+        raise explain_load_error(e, "model", m, weights=kwargs.get("use_safetensors", False)) from e
 
 
 def unpickling_reason(e: BaseException) -> str:
@@ -353,26 +325,50 @@ def count_parameters(model: Any) -> tuple[int, int]:
 
 
 def load_trained(task: Task, recipe: Recipe, model_dir: Path) -> tuple[Any, Any]:
-    """Model and processor as a run saved them: base + adapter (with head) for LoRA runs, full weights otherwise."""
-    import transformers
+    """Model and processor as a run saved them: base + adapter (with head) for LoRA runs, full weights otherwise.
+
+    A damaged saved file (cut short by a full disk, edited by hand) is named in one line instead of a traceback:
+    every JSON and safetensors file is checked up front, and loader errors of those kinds are caught by type.
+    """
+    import json
+
+    from safetensors import SafetensorError
+
+    from hftoolkit.run.integrity import unreadable_file
 
     check_file_references(model_dir)
-    processor = task.load_processor(str(model_dir), {})
-    auto = getattr(transformers, task.auto_model)
-    if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        config = transformers.AutoConfig.from_pretrained(str(model_dir))
-        try:
-            # A replaced head (model.replace_head) has another shape than the checkpoint's; the adapter restores it.
-            extra = {"ignore_mismatched_sizes": True} if recipe.model.replace_head else {}
-            base = auto.from_pretrained(
-                resolve_ref(recipe.model), config=config, **load_kwargs(recipe.model), **weight_kwargs(recipe.model), **extra
-            )
-        except (OSError, ValueError) as e:
-            raise explain_load_error(e, "base model", recipe.model) from e
-        model = PeftModel.from_pretrained(base, str(model_dir))
-    else:
-        model = auto.from_pretrained(str(model_dir), use_safetensors=True)
+    config_file = model_dir / "config.json"
+    bad = unreadable_file(model_dir) if config_file.is_file() else (config_file, "missing")
+    if bad is not None:
+        raise ModelError(f"{bad[0]}: {bad[1]}; re-run `hft finetune` or restore the file")
+    try:
+        processor = task.load_processor(str(model_dir), {})
+        model = _load_saved_model(task, recipe, model_dir)
+    except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as e:  # ValueError: config without model_type
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
+        raise ModelError(
+            f"cannot load the trained model in {model_dir} ({type(e).__name__}: {first}); re-run `hft finetune` or "
+            "restore the run's model/ folder"
+        ) from e
     model.eval()
     return model, processor
+
+
+def _load_saved_model(task: Task, recipe: Recipe, model_dir: Path) -> Any:
+    import transformers
+
+    auto = getattr(transformers, task.auto_model)
+    if not (model_dir / "adapter_config.json").is_file():
+        return auto.from_pretrained(str(model_dir), use_safetensors=True)
+    from peft import PeftModel
+
+    config = transformers.AutoConfig.from_pretrained(str(model_dir))
+    base_ref = resolve_model_ref(recipe.model)
+    check_model_folder(base_ref)
+    try:
+        # A replaced head (model.replace_head) has another shape than the checkpoint's; the adapter restores it.
+        extra = {"ignore_mismatched_sizes": True} if recipe.model.replace_head else {}
+        base = auto.from_pretrained(base_ref, config=config, **load_kwargs(recipe.model), **weight_kwargs(recipe.model), **extra)
+    except (OSError, ValueError) as e:
+        raise explain_load_error(e, "base model", recipe.model, weights=not recipe.model.allow_pickle) from e
+    return PeftModel.from_pretrained(base, str(model_dir))

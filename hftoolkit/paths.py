@@ -35,6 +35,23 @@ def require_inside(path: str | Path, root: str | Path, what: str) -> Path:
     raise UnsafePathError(f"{what} {path} resolves to {target}, outside {root}")
 
 
+def covers(folder: str | Path, path: str | Path) -> bool:
+    """Whether `path` is `folder` or lies below it, by its written path or its real one: what deleting `folder` or
+    its contents would take with it (a link to a data file inside a run directory is the user's, too)."""
+    outer = {Path(os.path.abspath(folder)), Path(os.path.realpath(folder))}
+    inner = {Path(os.path.abspath(path)), Path(os.path.realpath(path))}
+    return any(i == o or o in i.parents for o in outer for i in inner)
+
+
+def require_no_escaping_links(folder: str | Path, boundary: str | Path, what: str) -> None:
+    """Refuse `folder` if any entry below it is a symlink whose target leaves `boundary` (links are not descended)."""
+    for top, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            entry = Path(top) / name
+            if entry.is_symlink():
+                require_inside(entry, boundary, what)
+
+
 def _has_link(path: Path, root: str | Path) -> bool:
     """Whether `path` or any of its parents below `root` is a symlink (for the message only)."""
     root = Path(root)

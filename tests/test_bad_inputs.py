@@ -7,8 +7,8 @@ import json
 import pytest
 
 from hftoolkit.errors import DataError, HftError, HubOfflineError, MetricError, ModelError
-from hftoolkit.pipeline import validate
-from hftoolkit.recipe import load_recipe
+from hftoolkit.commands.validate import validate
+from hftoolkit.recipe.schema import load_recipe
 from tests.conftest import run_hft
 from tests.fixtures import write_jsonl
 

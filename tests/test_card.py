@@ -54,7 +54,7 @@ VERSIONS = {
 
 def write_fixed_run(root: Path, **recipe_changes) -> Path:
     """A finished adapter run of the tiny BERT, written from the constants above (plus local paths of `root`)."""
-    from hftoolkit.recipe import Recipe, recipe_to_yaml
+    from hftoolkit.recipe.schema import Recipe, recipe_to_yaml
 
     run = root / "run"
     model = run / "model"
@@ -111,7 +111,7 @@ def write_fixed_run(root: Path, **recipe_changes) -> Path:
 
 
 def dry_run_card(root: Path, repo_id: str = REPO_ID, **kwargs) -> str:
-    from hftoolkit.push import push
+    from hftoolkit.commands.push import push
 
     return push(write_fixed_run(root, **kwargs), repo_id, dry_run=True).card
 
@@ -129,7 +129,7 @@ RECIPE_MARKER = "<recipe.resolved.yaml exactly as published in the repo>"
 
 
 def test_card_matches_the_golden_file(tmp_path):
-    from hftoolkit.push import push
+    from hftoolkit.commands.push import push
 
     result = push(write_fixed_run(tmp_path), REPO_ID, dry_run=True)
     card, recipe_block = split_recipe_block(result.card)
@@ -186,7 +186,7 @@ def test_card_metadata_parses_with_huggingface_hub(tmp_path):
 def test_merged_card_loads_with_transformers_only(tmp_path):
     from huggingface_hub import ModelCard
 
-    from hftoolkit.push import push
+    from hftoolkit.commands.push import push
 
     result = push(write_fixed_run(tmp_path), REPO_ID, merge=True, dry_run=True)
     card = ModelCard(result.card)
@@ -212,14 +212,14 @@ def test_license_must_be_a_known_hub_id(tmp_path, license_id, expected):
 
 
 def test_known_licenses_pass():
-    from hftoolkit.card import license_problem
+    from hftoolkit.publish.card import license_problem
 
     for ok in ("apache-2.0", "mit", "cc-by-4.0", "cc-by-nc-sa-4.0", "llama3.1", "openrail++", "gpl-3.0"):
         assert license_problem(ok) is None, ok
 
 
 def test_validation_names_the_missing_model_index_field(tmp_path):
-    from hftoolkit.card import validate_card
+    from hftoolkit.publish.card import validate_card
 
     card = dry_run_card(tmp_path)
     with pytest.raises(PushError, match=r"model-index\[0\]\.results\[0\]\.dataset\.type: missing"):
@@ -234,7 +234,7 @@ def test_validation_names_the_missing_model_index_field(tmp_path):
 def test_full_fine_tune_publishes_weights_and_refuses_merge(tmp_path):
     from huggingface_hub import ModelCard
 
-    from hftoolkit.push import push
+    from hftoolkit.commands.push import push
 
     run = write_fixed_run(tmp_path, lora={"enabled": False})
     for name in ("adapter_config.json", "adapter_model.safetensors"):

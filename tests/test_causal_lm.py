@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import yaml
 
 from hftoolkit.errors import DataError, ModelError, RecipeError
-from hftoolkit.recipe import load_recipe
+from hftoolkit.recipe.schema import load_recipe
 from tests.conftest import REPO, run_hft, shared_path
 from tests.fixtures import (
     build_tiny_gpt2,
@@ -57,8 +58,8 @@ def recipe_file(tmp_path):
 
 def prepared(path, *overrides):
     from hftoolkit.modeling import load_processor
-    from hftoolkit.pipeline import prepare_data
-    from hftoolkit.tasks import get_task
+    from hftoolkit.training.prepare import prepare_data
+    from hftoolkit.tasks.registry import get_task
 
     recipe = load_recipe(path, list(overrides))
     task = get_task("causal-lm")
@@ -176,7 +177,7 @@ def test_plain_text_file_becomes_paragraph_rows_with_a_carved_validation_split(g
 
 
 def expect(exc, match: str, path, *overrides):
-    from hftoolkit.pipeline import validate
+    from hftoolkit.commands.validate import validate
 
     with pytest.raises(exc) as info:
         validate(load_recipe(path, list(overrides)))
@@ -227,7 +228,8 @@ def test_end_of_turn_must_be_eos_or_named_in_the_recipe(llama, chat_files, recip
     tok.eos_token = "<|endoftext|>"
     tok.save_pretrained(base)
     for f in ("config.json", "model.safetensors"):
-        (base / f).symlink_to(llama / f)
+        # Copies, not symlinks: a model file linked from outside its folder is refused (tests/test_hardening_symlinks.py).
+        shutil.copyfile(llama / f, base / f)
     path = recipe_file(base, chat_files, dataset=CHAT)
     expect(ModelError, "ends an assistant reply with '<|im_end|>' but the tokenizer's EOS token is '<|endoftext|>'", path)
     expect(ModelError, "dataset.end_of_turn_token is '<|endoftext|>' but the chat template ends an assistant reply with "
@@ -325,7 +327,8 @@ def test_llama_chat_sft_padded_finetune_evaluate_predict_and_cached_tokenization
     assert yaml.safe_load((run / "recipe.resolved.yaml").read_text())["dataset"]["batching"] == "padded"
 
     # The CLI path of evaluate and predict is covered above; here in-process, to keep the file quick.
-    from hftoolkit.pipeline import evaluate_run, predict_run
+    from hftoolkit.commands.evaluate import evaluate_run
+    from hftoolkit.commands.predict import predict_run
 
     results = evaluate_run(run, split="validation")
     assert results["num_examples"] == 16 and results["metrics"]["perplexity"] > 1

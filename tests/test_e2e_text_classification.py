@@ -75,8 +75,8 @@ def test_reloaded_adapter_reproduces_predictions_exactly(trained):
     from transformers import AutoModelForSequenceClassification
 
     from hftoolkit.modeling import load_trained
-    from hftoolkit.rundir import RunDir
-    from hftoolkit.tasks import get_task
+    from hftoolkit.run.layout import RunDir
+    from hftoolkit.tasks.registry import get_task
 
     _, run, _ = trained
     rd = RunDir(run)
@@ -121,7 +121,7 @@ def test_rerun_refused_without_overwrite_and_tokenization_is_cached(trained, tmp
 def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, avx512_bf16, amx, expected):
     import torch
 
-    from hftoolkit.pipeline import choose_precision
+    from hftoolkit.training.args import choose_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)

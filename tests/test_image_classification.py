@@ -35,7 +35,7 @@ def full_run(tmp_path_factory, tiny_vit, colour_images):
 
 
 def recipe_for(tmp_path: Path, model: Path, data: Path, **sections):
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.recipe.schema import load_recipe
 
     return load_recipe(image_cls_recipe(tmp_path / "r.yaml", model, data, tmp_path / "run", **sections))
 
@@ -87,7 +87,7 @@ def test_lora_evaluate_and_predict(lora_run, colour_images):
 
 def test_predict_names_a_missing_or_undecodable_image(lora_run, tmp_path):
     from hftoolkit.errors import DataError
-    from hftoolkit.tasks import get_task
+    from hftoolkit.tasks.registry import get_task
 
     _, run, _ = lora_run
     proc = run_hft("predict", run, tmp_path / "nowhere.png", check=False)
@@ -113,7 +113,7 @@ def test_full_finetune_evaluate_predict(full_run, colour_images):
 
 
 def test_validate_reports_images_without_token_stats(tiny_vit, colour_images, tmp_path):
-    from hftoolkit.pipeline import validate
+    from hftoolkit.commands.validate import validate
 
     lines = validate(recipe_for(tmp_path, tiny_vit, colour_images))
     assert "data: split train: 32 rows" in lines and "data: split validation: 12 rows" in lines
@@ -193,7 +193,7 @@ def test_undecodable_image_is_an_error_naming_the_file_or_is_skipped_and_counted
     import shutil
 
     from hftoolkit.errors import DataError
-    from hftoolkit.pipeline import validate
+    from hftoolkit.commands.validate import validate
 
     data = tmp_path / "images"
     shutil.copytree(colour_images, data)
@@ -213,7 +213,7 @@ def test_undecodable_image_is_an_error_naming_the_file_or_is_skipped_and_counted
 
 def test_missing_image_column_lists_the_columns(tiny_vit, colour_images, tmp_path):
     from hftoolkit.errors import DataError
-    from hftoolkit.pipeline import validate
+    from hftoolkit.commands.validate import validate
 
     with pytest.raises(DataError, match="dataset.columns.image: column 'picture' not found in split 'train'; available columns: image, label"):
         validate(recipe_for(tmp_path, tiny_vit, colour_images, dataset={"name": str(colour_images), "columns": {"image": "picture"}}))
@@ -222,7 +222,7 @@ def test_missing_image_column_lists_the_columns(tiny_vit, colour_images, tmp_pat
 def test_image_paths_in_a_table_missing_file_is_named(tiny_vit, colour_images, tmp_path):
     """A jsonl of file paths is read as images; a path that does not exist is reported with the path."""
     from hftoolkit.errors import DataError
-    from hftoolkit.pipeline import validate
+    from hftoolkit.commands.validate import validate
     from tests.fixtures import write_jsonl
 
     rows = [{"path": str(p), "label": p.parent.name} for p in sorted((colour_images / "train").rglob("*.*"))]
@@ -241,7 +241,7 @@ def test_image_paths_in_a_table_missing_file_is_named(tiny_vit, colour_images, t
 
 def test_missing_dataset_folder_and_head_mismatch(tiny_vit_3_labels, colour_images, tmp_path):
     from hftoolkit.errors import DataError, ModelError
-    from hftoolkit.pipeline import validate
+    from hftoolkit.commands.validate import validate
 
     with pytest.raises(DataError, match="does not exist"):
         validate(recipe_for(tmp_path, tiny_vit_3_labels, tmp_path / "no" / "such" / "folder"))
@@ -277,7 +277,7 @@ def test_hymenoptera_end_to_end(tiny_vit, tmp_path):
 def test_hymenoptera_with_a_broken_photo_both_ways(tiny_vit, tmp_path):
     """The real folder (linked, not copied) plus a truncated real JPEG: an error naming it, or skipped and counted."""
     from hftoolkit.errors import DataError
-    from hftoolkit.pipeline import validate
+    from hftoolkit.commands.validate import validate
 
     data = shared_path("data", "hymenoptera")
     linked = tmp_path / "hymenoptera"
@@ -299,7 +299,7 @@ def test_hymenoptera_with_a_broken_photo_both_ways(tiny_vit, tmp_path):
 
 
 def test_recipe_file_is_valid_and_says_how_to_run_it():
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.recipe.schema import load_recipe
     from tests.fixtures import REPO
 
     path = REPO / "recipes" / "vit_cls.yaml"

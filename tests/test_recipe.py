@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from hftoolkit.errors import RecipeError
-from hftoolkit.recipe import Recipe, load_recipe, recipe_json_schema
+from hftoolkit.recipe.schema import Recipe, load_recipe, recipe_json_schema
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = """\
@@ -96,8 +100,8 @@ def test_precedence_defaults_yaml_set(tmp_path):
 def test_set_errors_say_they_come_from_set(tmp_path):
     p = write(tmp_path, BASE)
     msgs = problems(p, ["training.epoch=3", "training.batch_size=abc"])
-    assert "--set: training.epoch: unknown key (did you mean epochs?)" in msgs
-    assert any(m.startswith("--set: training.batch_size:") for m in msgs)
+    assert "--set training.epoch=3: unknown key (did you mean epochs?)" in msgs
+    assert any(m.startswith("--set training.batch_size=abc:") for m in msgs)
     with pytest.raises(RecipeError, match="expected key.path=value"):
         load_recipe(p, ["training.epochs"])
 
@@ -152,3 +156,105 @@ def test_no_is_a_string_not_false(tmp_path):
     assert r.training.eval_strategy == "no" and r.training.save_strategy == "no"
     assert r.training.group_by_length is False and r.lora.enabled is False
     assert load_recipe(p, ["training.eval_strategy=no"]).training.eval_strategy == "no"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The tasks' part of the schema: task names, column roles and task-only keys come from the registered tasks
+
+
+def test_task_names_columns_and_task_keys_come_from_the_registry():
+    from hftoolkit.recipe.schema import TASK_KEYS
+    from hftoolkit.tasks.registry import TASKS, get_task
+
+    schema = recipe_json_schema()
+    assert schema["properties"]["task"]["enum"] == list(TASKS)
+    roles = {role for name in TASKS for role in get_task(name).column_roles}
+    assert set(schema["$defs"]["Columns"]["properties"]) == roles
+    assert TASK_KEYS == {
+        "dataset.regression": ["text-classification"], "evaluation.threshold": ["text-classification"],
+        "dataset.batching": ["causal-lm"], "dataset.end_of_turn_token": ["causal-lm"], "generation": ["causal-lm"],
+        "dataset.skip_bad_images": ["image-classification"],
+        "dataset.skip_bad_rows": ["token-classification"], "dataset.label_all_subwords": ["token-classification"],
+        "evaluation.scheme": ["token-classification"],
+    }
+
+
+def test_another_tasks_key_is_refused_naming_key_line_and_task(tmp_path):
+    p = write(tmp_path, BASE.replace("  columns:", "  skip_bad_images: true\n  columns:"))
+    (msg,) = problems(p)
+    assert msg == (
+        f"{p}:6: dataset.skip_bad_images true is for task image-classification; task text-classification does not use it"
+    )
+    (msg,) = problems(write(tmp_path, BASE), ["dataset.end_of_turn_token=<|im_end|>"])
+    assert msg.startswith("--set dataset.end_of_turn_token=<|im_end|>: dataset.end_of_turn_token <|im_end|> is for task causal-lm")
+
+
+def test_a_tasks_own_rules_are_all_reported(tmp_path):
+    clm = BASE.replace("text-classification", "causal-lm")
+    (msg,) = problems(write(tmp_path, clm.replace("{text: sentence, label: label}", "{prompt: p}\n  end_of_turn_token: x")))
+    assert msg.endswith("dataset.columns needs both prompt and response (a prompt/response pair per row)")
+    (msg,) = problems(write(tmp_path, clm.replace("{text: sentence, label: label}", "{messages: m, prompt: p}\n  batching: blocks")))
+    # Every problem of the task's own rules, in one message.
+    assert "exactly one kind of causal-lm data" in msg and "(given: messages, prompt/response)" in msg
+    assert "; dataset.columns needs both prompt and response" in msg and "; dataset.batching blocks cuts plain text" in msg
+
+
+# A task added the way token classification was (issue 15): one task file and one registry line, nothing else. Its key
+# is one no shipped task declares, so the refusal names this task alone.
+NEW_TASK = '''
+from pydantic import Field
+from hftoolkit.tasks.base import TaskBase
+
+class TokenTagging(TaskBase):
+    name = "token-tagging"
+    column_roles = {"tokens": "words of a row", "tags": "one tag per word"}
+    recipe_fields = {"dataset.tag_every_subword": (bool, Field(False, description="tag every subword"))}
+
+    def check_recipe(self, recipe):
+        return [] if recipe.dataset.columns.tags else ["dataset.columns.tags is needed"]
+
+TASK = TokenTagging()
+'''
+PROBE_NEW_TASK = '''
+import json, sys
+from hftoolkit.tasks import registry
+registry.TASKS["token-tagging"] = "token_tagging_task"  # the registry line
+from hftoolkit.errors import RecipeError
+from hftoolkit.recipe.schema import load_recipe
+ok = load_recipe(sys.argv[1], ["task=token-tagging", "dataset.columns={tokens: w, tags: t}", "dataset.tag_every_subword=true"])
+out = {"roles": sorted(k for k, v in ok.dataset.columns.model_dump().items() if v), "flag": ok.dataset.tag_every_subword}
+for overrides in (["dataset.tag_every_subword=true"], ["task=token-tagging", "dataset.columns={tokens: w}"]):
+    try:
+        load_recipe(sys.argv[1], overrides)
+    except RecipeError as e:
+        out.setdefault("refused", []).append(e.problems[0])
+print(json.dumps(out))
+'''
+
+
+def test_a_new_task_needs_only_its_file_and_a_registry_line(tmp_path):
+    (tmp_path / "token_tagging_task.py").write_text(NEW_TASK)
+    (tmp_path / "probe.py").write_text(PROBE_NEW_TASK)
+    recipe = write(tmp_path, BASE)
+    # The tree under test stays importable (a PYTHONPATH checkout), after the new task's folder.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(tmp_path / "probe.py"), str(recipe)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["roles"] == ["tags", "tokens"] and out["flag"] is True
+    assert out["refused"][0].endswith(
+        "dataset.tag_every_subword true is for task token-tagging; task text-classification does not use it"
+    )
+    assert out["refused"][1].endswith("dataset.columns.tags is needed")
+
+
+def test_format_recipe_changes_lists_at_most_eight_keys():
+    from hftoolkit.recipe.diff import SHOWN_CHANGES, format_recipe_changes
+
+    old = {"training": {f"k{i}": i for i in range(SHOWN_CHANGES + 1)}, "task": "causal-lm"}
+    new = {"training": {f"k{i}": i + 1 for i in range(SHOWN_CHANGES + 1)}, "task": "causal-lm"}
+    shown = format_recipe_changes(old, new)
+    assert shown.startswith("training.k0: 0 -> 1; training.k1: 1 -> 2") and shown.endswith(" …")
+    assert shown.count(" -> ") == SHOWN_CHANGES
+    assert format_recipe_changes(old, old) == "recipe"

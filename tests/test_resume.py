@@ -95,6 +95,14 @@ def assert_same_training(expected: Path, got: Path) -> None:
         assert (wa[k] - wb[k]).abs().max().item() <= 1e-6, k
 
 
+def assert_same_train_loss(expected: Path, got: Path) -> None:
+    """train_results.json's train_loss is the mean over the whole run, also when it was resumed (and in metrics.jsonl)."""
+    want = json.loads((expected / "train_results.json").read_text())["train"]["train_loss"]
+    have = json.loads((got / "train_results.json").read_text())["train"]["train_loss"]
+    assert have == pytest.approx(want, rel=1e-6)
+    assert [m["train_loss"] for m in metrics(got) if "train_loss" in m][-1] == pytest.approx(want, rel=1e-6)
+
+
 def marker(checkpoint: Path) -> dict:
     return json.loads((checkpoint / "hft_checkpoint.json").read_text())
 
@@ -158,6 +166,7 @@ def test_sigterm_then_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_pat
     assert f"removing incomplete checkpoint {partial}" in proc.stderr
     assert not partial.exists()
     assert_same_training(baseline, run)
+    assert_same_train_loss(baseline, run)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed"
     assert [r["step"] for r in manifest["resumed_from"]] == [5, 6]
@@ -194,6 +203,7 @@ def test_exception_at_epoch_boundary_then_resume_equals_uninterrupted(tmp_path, 
 
     run_hft("finetune", recipe, "--resume")
     assert_same_training(baseline, run)
+    assert_same_train_loss(baseline, run)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -201,7 +211,7 @@ def test_exception_at_epoch_boundary_then_resume_equals_uninterrupted(tmp_path, 
 
 
 def _recipe_obj(tmp_path: Path, **training):
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
 
     return Recipe.model_validate({
         "task": "text-classification", "model": {"name": "m"}, "dataset": {"files": {"train": "t.jsonl"}},
@@ -218,9 +228,9 @@ def _checkpoint(run: Path, step: int, **info) -> Path:
 
 
 def test_resume_picks_the_latest_complete_checkpoint_and_refuses_others(tmp_path):
-    from hftoolkit.checkpoints import find_resume_checkpoint
+    from hftoolkit.training.resume import find_resume_checkpoint
     from hftoolkit.errors import RunDirError
-    from hftoolkit.rundir import RunDir
+    from hftoolkit.run.layout import RunDir
 
     recipe = _recipe_obj(tmp_path)
     run = RunDir(tmp_path / "run")
@@ -259,7 +269,7 @@ def test_resume_picks_the_latest_complete_checkpoint_and_refuses_others(tmp_path
 
 
 def test_truncate_metrics_keeps_what_was_logged_up_to_the_checkpoint(tmp_path):
-    from hftoolkit.checkpoints import Checkpoint, truncate_metrics
+    from hftoolkit.training.resume import Checkpoint, truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     lines = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}, {"step": 2, "eval_loss": 0.8}, {"step": 3, "loss": 0.7}]
@@ -278,7 +288,7 @@ def test_truncate_metrics_keeps_what_was_logged_up_to_the_checkpoint(tmp_path):
 def test_sigint_asks_for_a_checkpoint_and_a_second_one_stops_at_once(monkeypatch):
     from transformers import TrainerControl, TrainerState
 
-    from hftoolkit.checkpoints import GracefulStop
+    from hftoolkit.training.callbacks import GracefulStop
 
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     before = signal.getsignal(signal.SIGINT)

@@ -65,8 +65,8 @@ def test_load_model_pickle_policy(tmp_path, tiny_bert):
 
     from hftoolkit.errors import ModelError
     from hftoolkit.modeling import load_model
-    from hftoolkit.recipe import Recipe
-    from hftoolkit.tasks import get_task
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.tasks.registry import get_task
 
     task = get_task("text-classification")
     labels = ["negative", "positive"]
@@ -120,7 +120,7 @@ def _legit_checkpoint(folder: Path) -> None:
 def test_tampered_checkpoint_file_is_refused_by_name(tmp_path, tampered):
     import torch
 
-    from hftoolkit.checkpoints import verify_checkpoint_files
+    from hftoolkit.training.resume import verify_checkpoint_files
     from hftoolkit.errors import RunDirError
 
     ckpt = tmp_path / "checkpoint-4"
@@ -136,7 +136,7 @@ def test_tampered_checkpoint_file_is_refused_by_name(tmp_path, tampered):
 
 
 def test_corrupt_checkpoint_file_is_a_clear_error(tmp_path):
-    from hftoolkit.checkpoints import verify_checkpoint_files
+    from hftoolkit.training.resume import verify_checkpoint_files
     from hftoolkit.errors import RunDirError
 
     ckpt = tmp_path / "checkpoint-2"
@@ -153,7 +153,7 @@ def test_corrupt_checkpoint_file_is_a_clear_error(tmp_path):
 
 def test_trust_remote_code_needs_a_pinned_commit(tmp_path):
     from hftoolkit.errors import RecipeError
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.recipe.schema import load_recipe
 
     base = "task: text-classification\ndataset: {files: {train: t.jsonl}}\noutput_dir: out\n"
     for model in ("{name: org/m, trust_remote_code: true}", "{name: org/m, trust_remote_code: true, revision: main}"):
@@ -169,7 +169,7 @@ def test_trust_remote_code_needs_a_pinned_commit(tmp_path):
 
 def test_remote_code_warning_names_the_code_that_will_run(tmp_path, caplog):
     from hftoolkit import modeling
-    from hftoolkit.recipe import ModelSection
+    from hftoolkit.recipe.schema import ModelSection
 
     folder = tmp_path / "custom"
     folder.mkdir()

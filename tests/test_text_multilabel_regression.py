@@ -90,7 +90,7 @@ def test_multi_label_trains_with_sigmoid_and_scores_micro_macro_f1(multi_run):
 
 
 def test_multi_label_predict_returns_every_label_over_the_threshold(multi_run):
-    from hftoolkit.pipeline import predict_run
+    from hftoolkit.commands.predict import predict_run
 
     result = hft("predict", multi_run, *TEXTS, "--json")
     assert result.exit_code == 0, result.output
@@ -157,7 +157,7 @@ def test_multi_label_lists_are_checked_row_by_row(tmp_path, tiny_bert):
 def test_integer_label_lists_take_label_names():
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
     from hftoolkit.tasks import _targets
 
     recipe = Recipe.model_validate({

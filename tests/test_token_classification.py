@@ -182,10 +182,10 @@ def test_integer_tags_without_names_are_refused(tmp_path, tiny_bert):
     ("task_changes", "expected"),
     [
         ({"task": "text-classification", "dataset": {"columns": {"text": "tokens", "label": "tags"}, "label_all_subwords": True}},
-         "dataset.label_all_subwords is for task token-classification, not text-classification"),
+         "dataset.label_all_subwords true is for task token-classification; task text-classification does not use it"),
         ({"task": "text-classification", "dataset": {"columns": {"text": "tokens", "label": "tags"}}, "evaluation": {"scheme": "IOBES"}},
-         "evaluation.scheme is for task token-classification"),
-        ({"evaluation": {"threshold": 0.3}}, "evaluation.threshold is for task text-classification, not token-classification"),
+         "evaluation.scheme IOBES is for task token-classification; task text-classification does not use it"),
+        ({"evaluation": {"threshold": 0.3}}, "evaluation.threshold 0.3 is for task text-classification; task token-classification does not use it"),
         ({"dataset": {"columns": {"tokens": "tokens"}}}, "dataset.columns.tags needed"),
         ({"dataset": {"columns": {"tokens": "tokens", "tags": "tags", "label": "x"}}}, "dataset.columns.label is not used by task token-classification"),
         ({"dataset": {"label_all_subwords": True}, "evaluation": {"scheme": "IOBES"}}, "dataset.label_all_subwords works with evaluation.scheme IOB1 or IOB2"),
@@ -193,7 +193,7 @@ def test_integer_tags_without_names_are_refused(tmp_path, tiny_bert):
 )
 def test_recipe_keys_belong_to_their_task(tmp_path, tiny_bert, task_changes, expected):
     from hftoolkit.errors import RecipeError
-    from hftoolkit.recipe import load_recipe
+    from hftoolkit.recipe.schema import load_recipe
 
     raw = yaml.safe_load(ner_recipe(tmp_path / "r.yaml", tiny_bert, {"train": tmp_path / "t.jsonl"}, tmp_path / "run").read_text())
     for key, value in task_changes.items():
@@ -264,16 +264,18 @@ def test_predict_json_gives_entity_spans(trained):
 
 
 def test_card_has_per_entity_scores_and_an_overall_model_index(trained):
-    from hftoolkit.card import CardInputs, render_card, validate_card
+    from hftoolkit.publish.card import CardInputs, render_card, validate_card
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport, EvalResults, Manifest
+    from hftoolkit.tasks.registry import get_task
 
     recipe_yaml = (trained / "recipe.resolved.yaml").read_text()
     inputs = CardInputs(
-        repo_id="org/tiny-ner", kind="merged", task="token-classification", pipeline_tag="token-classification",
-        auto_model="AutoModelForTokenClassification", recipe=yaml.safe_load(recipe_yaml), recipe_yaml=recipe_yaml,
-        manifest=json.loads((trained / "manifest.json").read_text()),
-        data_report=json.loads((trained / "data_report.json").read_text()),
-        eval_results=json.loads((trained / "eval_results.json").read_text()), license="apache-2.0",
-        license_source="the recipe", base_model=None, base_revision=None, dataset_id=None,
+        repo_id="org/tiny-ner", kind="merged", task="token-classification",
+        fields=get_task("token-classification").card_fields(), recipe=Recipe.model_validate(yaml.safe_load(recipe_yaml)),
+        recipe_yaml=recipe_yaml, manifest=Manifest.read(trained / "manifest.json"),
+        data_report=DataReport.read(trained / "data_report.json"), eval_results=EvalResults.read(trained / "eval_results.json"),
+        license="apache-2.0", license_source="the recipe", base_model=None, base_revision=None, dataset_id=None,
     )
     card = render_card(inputs)
     meta = validate_card(card, kind="merged").data.to_dict()

@@ -11,19 +11,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from hftoolkit import metrics as metric_lib
+from hftoolkit.data import column_values
 from hftoolkit.errors import DataError
+from hftoolkit.tasks.base import TaskBase
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
 
 LABELS = "labels"
 
 
-class ClassificationTask:
-    name: str
+class ClassificationTask(TaskBase):
     default_metrics: tuple[str, ...] = ("accuracy", "f1")
+    has_labels = True
     float_label_hint = "regression is not supported"  # what to do about a float label column
 
     def label_column(self, recipe: Recipe) -> str | None:
@@ -41,6 +43,7 @@ class ClassificationTask:
 
         label = self.label_column(recipe)
         assert label is not None
+        self._check_label_types(splits, label)
         feature = splits["train"].features[label]
         if isinstance(feature, ClassLabel):
             names = list(feature.names)
@@ -76,8 +79,30 @@ class ClassificationTask:
 
     @staticmethod
     def _column(split: Dataset, col: str) -> list:
-        # Straight from Arrow: no image decoding, no Python formatting of the other columns.
-        return split.data.column(col).to_pylist() if split._indices is None else list(split.select_columns([col])[col])
+        return column_values(split, col)
+
+    def _check_label_types(self, splits: dict[str, Dataset], col: str) -> None:
+        """One type for every label: a column mixing kinds (datasets types it Json) or splits that disagree
+        (integers in train, strings in test) are refused at the first offending row, naming both types."""
+        from datasets import ClassLabel, Value
+
+        features = [split.features[col] for split in splits.values()]
+        if all(isinstance(f, (Value, ClassLabel)) for f in features) and len({repr(f) for f in features}) == 1:
+            return  # one Arrow type everywhere: nothing can be mixed
+        first: tuple[str, str, int, Any] | None = None
+        for role, split in splits.items():
+            for i, v in enumerate(self._column(split, col)):
+                if v is None:
+                    continue  # reported as a missing label by the checks that follow
+                kind = _kind(v)
+                if first is None:
+                    first = (kind, role, i, v)
+                elif kind != first[0]:
+                    raise DataError(
+                        f"split {role!r} row {i}: label {v!r} in column {col!r} is {_article(kind)}, but split "
+                        f"{first[1]!r} row {first[2]} holds {_article(first[0])} ({first[3]!r}); use one type for every "
+                        "label (all strings or all integers)"
+                    )
 
     def _first_value(self, split: Dataset, col: str) -> tuple[int, Any]:
         for i, v in enumerate(self._column(split, col)):
@@ -179,3 +204,15 @@ class ClassificationTask:
             i = int(p.argmax())
             out.append({"input": item, "label": id2label[i], "score": round(float(p[i]), 6)})
         return out
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    return {str: "string", float: "float"}.get(type(value), type(value).__name__)
+
+
+def _article(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"

@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from hftoolkit import metrics as metric_lib
+from hftoolkit.data import column_values
 from hftoolkit.errors import DataError
-from hftoolkit.tasks._classification import LABELS, ClassificationTask
+from hftoolkit.tasks._classification import LABELS
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
-    from hftoolkit.tasks.base import DataReport
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport
 
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
@@ -43,9 +44,6 @@ def problem_type(train: Dataset, column: str, recipe: Recipe) -> str:
     return MULTI_LABEL if isinstance(train.features[column], (List, LargeList)) else SINGLE_LABEL
 
 
-_values = ClassificationTask._column  # a column's values straight from Arrow
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Regression
 
@@ -61,7 +59,7 @@ def encode_regression(splits: dict[str, Dataset], column: str, report: DataRepor
                 f"dataset.regression: column {column!r} of split {role!r} has type {split.features[column]}; "
                 "regression needs numbers"
             )
-        values = _values(split, column)
+        values = column_values(split, column)
         for i, v in enumerate(values):
             if v is None or v != v:  # NaN is the only value unequal to itself
                 raise DataError(f"split {role!r} row {i}: label {v!r} in column {column!r} is missing; regression needs a number")
@@ -82,7 +80,7 @@ def encode_multi_labels(splits: dict[str, Dataset], recipe: Recipe) -> list[str]
     column = recipe.dataset.columns.label
     assert column is not None
     inner = splits["train"].features[column].feature
-    rows = {role: _values(split, column) for role, split in splits.items()}
+    rows = {role: column_values(split, column) for role, split in splits.items()}
     for role, values in rows.items():
         for i, v in enumerate(values):
             if v is None or any(x is None for x in v):
@@ -131,7 +129,7 @@ def count_multi_labels(features: Dataset, names: list[str]) -> dict[str, int]:
     """Rows carrying each label (a row may count for several)."""
     import numpy as np
 
-    hot = np.asarray(_values(features, LABELS), dtype=np.float32).reshape(-1, len(names))
+    hot = np.asarray(column_values(features, LABELS), dtype=np.float32).reshape(-1, len(names))
     return {name: int(n) for name, n in zip(names, hot.sum(0))}
 
 

@@ -1,65 +1,67 @@
-"""The task protocol: what a task file provides so the pipeline can train, evaluate and predict with it.
+"""The task contract: what a task file provides so hft can validate, train, evaluate, predict and publish with it.
 
-A new task is one new file implementing `Task` plus one line in `hftoolkit/tasks/__init__.py`.
+A task is one file `hftoolkit/tasks/<task>.py` whose `TASK` is an instance of a `TaskBase` subclass, plus one line in
+`hftoolkit/tasks/registry.py`. `Task` is the protocol the rest of hft calls; `TaskBase` implements its optional hooks
+as no-ops and holds the card fields, so callers call every hook directly (no getattr lookups). Task modules are
+imported by the recipe schema: heavy libraries (torch, transformers, datasets) are imported inside methods only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport
 
 
-@dataclass
-class DataReport:
-    """What the data looks like, shown by `hft validate` and `hft finetune`, saved in the run and the model card."""
+@dataclass(frozen=True)
+class CardFields:
+    """What the model card needs from the task (TaskBase.card_fields()). Raw values: the card escapes them."""
 
-    columns: dict[str, list[str]] = field(default_factory=dict)
-    split_sizes: dict[str, int] = field(default_factory=dict)
-    label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    token_lengths: dict[str, float] = field(default_factory=dict)
-    truncated_share: dict[str, float] = field(default_factory=dict)
-    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
-    notes: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        out = []
-        for role, n in self.split_sizes.items():
-            out.append(f"split {role}: {n} rows")
-        for role, cols in self.columns.items():
-            out.append(f"columns ({role}): {', '.join(cols)}")
-        for role, counts in self.label_counts.items():
-            out.append(f"labels ({role}): " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-        if self.token_lengths:
-            tl = self.token_lengths
-            out.append(
-                "token length (train sample of %d): mean %.1f, p50 %d, p95 %d, max %d"
-                % (tl["sample"], tl["mean"], tl["p50"], tl["p95"], tl["max"])
-            )
-        for role, share in self.truncated_share.items():
-            out.append(f"truncated ({role}): {share:.1%} of examples cut at max_length")
-        for reason, n in self.dropped.items():
-            out.append(f"dropped: {n} rows ({reason})")
-        out += self.notes
-        return out
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    pipeline_tag: str  # Hub pipeline tag (card metadata, model-index task type)
+    title: str  # human name of the pipeline tag, model-index task name ("Text Classification")
+    auto_model: str  # transformers Auto class that loads the model ("How to use" snippet)
+    auto_processor: str  # transformers Auto class that loads the processor (AutoTokenizer, AutoImageProcessor)
+    generates_text: bool  # snippet generates text (model.generate) instead of taking the argmax label
+    has_labels: bool  # the card shows a label table (id, name, rows per split)
+    predict_example: str  # an input for the `hft predict REPO <input>` example (a text, or an image file name)
+    example_words: tuple[str, ...] = ()  # predict_example cut into words: the model labels each word (else the input)
+    label_counts_of: str = "rows"  # what the label table counts per split (rows; words for word-level tags)
+    score_group_title: str | None = None  # scores named `GROUP/metric` are per this (a table of their own, not in
+    # the model-index); None: no per-group scores, every score is an overall one
 
 
 class Task(Protocol):
+    """What hft calls on a task. Every member is implemented by the task file or, for hooks, by TaskBase."""
+
     name: str  # the recipe's `task:` value
     pipeline_tag: str  # Hub pipeline tag for the model card
     auto_model: str  # transformers Auto class used to load the model
     peft_task_type: str | None  # peft.TaskType name; None = PEFT's generic PeftModel (inputs other than input_ids)
     default_metrics: tuple[str, ...]
+    processor_kind: str  # "tokenizer" or "image processor": which files a local model folder needs, and whether
+    # dataset.max_length (tokens) applies
+    column_roles: dict[str, str]  # dataset.columns roles the task reads -> what each holds (the schema's doc)
+    # Recipe keys of this task's own: "section.key" (or a new top-level section) -> (annotation, pydantic Field).
+    # The schema adds them; a recipe of another task must leave them at their defaults.
+    recipe_fields: dict[str, tuple[Any, Any]]
+
+    def check_recipe(self, recipe: Recipe) -> list[str]:
+        """Problems with the recipe that only this task knows (which columns go together ...), one line each, each
+        starting with the dotted key it is about. Called by the schema after the column roles were checked."""
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         """Tokenizer or image processor for the model."""
+
+    def processor_model_kwargs(self, processor: Any) -> dict[str, Any]:
+        """Extra `from_pretrained` arguments that depend on the processor (text classification: the tokenizer's
+        pad_token_id, which decoder models use to find the last real token of each row)."""
 
     def prepare(self, splits: dict[str, Dataset], recipe: Recipe, report: DataReport) -> list[str] | None:
         """Check columns and values of the raw splits (naming the row of a bad value), encode labels in place,
@@ -86,25 +88,135 @@ class Task(Protocol):
     def preprocess_logits_for_metrics(self, logits: Any, labels: Any) -> Any:
         """Reduce logits on the device before they are gathered (argmax for classification)."""
 
+    def write_train_artifacts(self, model: Any, processor: Any, recipe: Recipe, out_dir: Path) -> list[str]:
+        """After training, main process only, once the model is saved: extra run files (causal LM: samples.jsonl
+        from the recipe's generation prompts); returns their names."""
+
     def write_eval_artifacts(self, out_dir: Any, predictions: Any, references: Any, labels: list[str] | None) -> list[str]:
         """Extra evaluation files (e.g. a confusion matrix PNG); returns their names."""
 
-    def predict(self, model: Any, processor: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
-        """`hft predict`: one result per input, each {"input": ...} plus either "label" and "score" (classifiers)
-        or "generated_text" (generators). `options` holds what the user gave (max_new_tokens, do_sample, temperature,
-        top_p) over the task's optional predict_options defaults (tasks ignore options that do not apply to them).
-        Bad inputs raise DataError."""
+    def check_predict_inputs(self, inputs: list[str]) -> None:
+        """Before the model is loaded: raise DataError for inputs that cannot work (image classification: a path
+        that does not exist), so a typo fails in a second instead of after loading the model; text tasks warn
+        about inputs that look like image paths."""
 
-    # Optional hooks: the pipeline calls them only when a task defines them.
-    #
-    # def write_train_artifacts(self, model, processor, recipe: Recipe, out_dir: Path) -> list[str]:
-    #     """After training, main process only, once the model is saved: extra run files (causal LM: samples.jsonl
-    #     from the recipe's generation prompts); returns their names."""
-    #
-    # def predict_options(self, recipe: Recipe) -> dict[str, Any]:
-    #     """Defaults for `predict` options from the run's recipe (causal LM: its generation settings and whether
-    #     inputs are chat messages); the user's options override them."""
-    #
-    # def check_predict_inputs(self, inputs: list[str]) -> None:
-    #     """Before the model is loaded: raise DataError for inputs that cannot work (image classification: a path
-    #     that does not exist), so a typo fails in a second instead of after loading the model."""
+    def predict_options(self, recipe: Recipe) -> dict[str, Any]:
+        """Defaults for `predict` options from the run's recipe (causal LM: its generation settings and whether
+        inputs are chat messages); the user's options override them."""
+
+    def predict(self, model: Any, processor: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
+        """`hft predict`: one result per input, each {"input": ...} plus e.g. "label" and "score" (classifiers),
+        "generated_text" (generators) or "entities" (token classification). `options` holds what the user gave
+        (max_new_tokens, do_sample, temperature, top_p) over predict_options (tasks ignore options that do not apply
+        to them). Bad inputs raise DataError."""
+
+    def result_line(self, result: dict[str, Any]) -> str:
+        """One `predict` result as the one line `hft predict` prints (without --json)."""
+
+    def probe_inputs(self, processor: Any, max_length: int) -> list[dict[str, Any]]:
+        """A few fixed model inputs, one dict of tensors per example, for comparing two models' logits (`hft push
+        --merge` checks the merged model against the adapter)."""
+
+    def card_fields(self) -> CardFields:
+        """What the model card needs from the task."""
+
+
+# Texts `probe_inputs` feeds text models: positive, negative and neutral, so a broken merge shows in the logits.
+PROBE_TEXTS = (
+    "The delivery was fast and the product works perfectly.",
+    "It broke after two days and support never answered.",
+    "An ordinary afternoon with nothing much to report.",
+    "Would I buy it again? Absolutely not.",
+)
+
+
+def flat(value: object) -> str:
+    """A value on one line of `hft predict` output (line breaks shown as \\n)."""
+    return str(value).replace("\r", "\\r").replace("\n", "\\n")
+
+
+class TaskBase:
+    """Defaults for every optional hook of `Task`, and the task's card fields. Every task inherits it.
+
+    Card fields (A subclass sets the class attributes; `card_fields()` hands them to the card in one record):
+    - `pipeline_tag`: the Hub pipeline tag (card metadata and model-index task type);
+    - `card_title`: its human name ("Text Classification"), the model-index task name;
+    - `auto_model` / `auto_processor`: the transformers Auto classes of the "How to use" snippet;
+    - `generates_text`: the snippet calls `model.generate` (else it prints the argmax label's name);
+    - `has_labels`: the card has a label table (classification);
+    - `predict_example`: the input of the card's `hft predict REPO <input>` example;
+    - `example_words`: that input cut into words, for a model that labels each word (the snippet prints word, label);
+    - `label_counts_of`: what the label table counts per split ("rows", or "words" for word-level tags);
+    - `score_group_title`: what scores named `GROUP/metric` are per ("entity type"): they get a table of their own
+      (None: the task has no per-group scores).
+    """
+
+    name: str
+    pipeline_tag: str
+    card_title: str
+    auto_model: str
+    auto_processor: str = "AutoTokenizer"
+    generates_text: bool = False
+    has_labels: bool = False
+    predict_example: str = "Text to classify."
+    example_words: tuple[str, ...] = ()
+    label_counts_of: str = "rows"
+    score_group_title: str | None = None
+    peft_task_type: str | None = None
+    default_metrics: tuple[str, ...] = ()
+    processor_kind: str = "tokenizer"
+    column_roles: dict[str, str] = {}
+    recipe_fields: dict[str, tuple[Any, Any]] = {}
+
+    def check_recipe(self, recipe: Recipe) -> list[str]:
+        return []
+
+    def processor_model_kwargs(self, processor: Any) -> dict[str, Any]:
+        return {}
+
+    def stratify_column(self, recipe: Recipe) -> str | None:
+        return None
+
+    def model_kwargs(self, labels: list[str] | None) -> dict[str, Any]:
+        return {}
+
+    def head_modules(self, model: Any) -> list[str]:
+        return []
+
+    def write_train_artifacts(self, model: Any, processor: Any, recipe: Recipe, out_dir: Path) -> list[str]:
+        return []
+
+    def write_eval_artifacts(self, out_dir: Any, predictions: Any, references: Any, labels: list[str] | None) -> list[str]:
+        return []
+
+    def check_predict_inputs(self, inputs: list[str]) -> None:
+        return None
+
+    def predict_options(self, recipe: Recipe) -> dict[str, Any]:
+        return {}
+
+    def result_line(self, result: dict[str, Any]) -> str:
+        """`label<TAB>score<TAB>input` for classifiers, the generated text for generators, else the values tab-joined."""
+        if "label" in result:
+            return f"{flat(result['label'])}\t{result['score']:.4f}\t{flat(result['input'])}"
+        if "generated_text" in result:
+            return flat(result["generated_text"])
+        return "\t".join(flat(v) for v in result.values())
+
+    def probe_inputs(self, processor: Any, max_length: int) -> list[dict[str, Any]]:
+        """Text tasks: PROBE_TEXTS tokenized one by one (no padding to get wrong)."""
+        import torch
+
+        out = []
+        for text in PROBE_TEXTS:
+            enc = processor(text, return_tensors="pt", truncation=True, max_length=max_length)
+            out.append({k: v for k, v in enc.items() if isinstance(v, torch.Tensor)})
+        return out
+
+    def card_fields(self) -> CardFields:
+        return CardFields(
+            pipeline_tag=self.pipeline_tag, title=self.card_title, auto_model=self.auto_model,
+            auto_processor=self.auto_processor, generates_text=self.generates_text, has_labels=self.has_labels,
+            predict_example=self.predict_example, example_words=self.example_words,
+            label_counts_of=self.label_counts_of, score_group_title=self.score_group_title,
+        )

@@ -2,41 +2,45 @@
 
 Plain text (`columns.text`): each row is a document that ends in EOS, and every token is learned.
 Chat (`columns.messages`, or `prompt`/`response` as one user/assistant exchange): rendered with the tokenizer's
-chat template. Only assistant replies carry labels, including the end-of-turn token the template closes a reply
-with, so the model learns to stop; everything else is -100.
-Batching (`dataset.batching`): padded rows; packed rows (the batch concatenated into one row with position_ids
-restarting at 0 for each example, transformers' DataCollatorWithFlattening); or fixed-length blocks of
-concatenated text, as in transformers' run_clm example.
+chat template (tasks/_chat.py). Only assistant replies carry labels, including the end-of-turn token the template
+closes a reply with, so the model learns to stop; everything else is -100.
+Batching (`dataset.batching`, a key of this task): padded rows; packed rows (several examples per row, position_ids
+restarting at 0 for each); or fixed-length blocks of concatenated text, as in transformers' run_clm example
+(tasks/_packing.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from pydantic import Field, field_validator
 
 from hftoolkit import metrics as metric_lib
 from hftoolkit.data import require_columns
-from hftoolkit.errors import DataError, ModelError
-from hftoolkit.tasks.base import DataReport
-from hftoolkit.tasks.text_classification import tokenizer_identity
+from hftoolkit.errors import ModelError
+from hftoolkit.recipe.base import Section, no_blank_entries
+from hftoolkit.tasks._chat import ChatFormat, check_conversations
+from hftoolkit.tasks._packing import IGNORE_INDEX, cut_blocks, pack_rows
+from hftoolkit.tasks._text import check_texts, ensure_pad_token, tokenizer_identity, warn_image_paths
+from hftoolkit.tasks.base import TaskBase
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
-
-log = logging.getLogger("hftoolkit")
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport
 
 # Bump when the tokenization output changes, so cached features from older versions are not reused.
 PREPROCESS_VERSION = 1
-IGNORE_INDEX = -100  # label of tokens that are not learned (prompt, padding); the loss and the metrics skip them
-CHAT_ROLES = ("system", "user", "assistant")
 PREDICT_BATCH = 16
 SAMPLES = "samples.jsonl"
-_REPLY_MARK = "hft-reply-marker"  # stand-in reply used to find what the chat template writes after a reply
+TOKENIZE_BATCH = 1000  # rows per datasets.map batch (also the unit whose remainder `blocks` drops)
+KEEP_BATCH = 10000  # rows per batch when dropping unusable rows (a boolean column: cheap)
+LENGTH_SAMPLE = 10000  # training examples the token-length statistics are computed on
+# More new tokens than the longest context of the model families hft fine-tunes (Llama 3: 128k) is a typo.
+MAX_NEW_TOKENS = 131_072
 
 
 def _sha(text: str) -> str:
@@ -49,132 +53,143 @@ def _length_stats(lengths: list[int]) -> dict[str, float]:
     return {"sample": len(s), "mean": sum(s) / len(s), "p50": s[len(s) // 2], "p95": p95, "max": s[-1]}
 
 
-def pack_rows(examples: list[dict], capacity: int, pad_id: int, multiple_of: int = 1) -> dict:
-    """Pack a batch's examples into as few rows of at most `capacity` tokens as first-fit decreasing finds.
+class GenerationSection(Section):
+    """Text generation with a causal LM: samples written at the end of training, and `hft predict` defaults."""
 
-    No attention_mask: position_ids restart at 0 for each example, and transformers derives the example boundaries
-    from them (masking_utils.find_packed_sequence_indices): FlashAttention varlen on GPU, a block-diagonal causal
-    mask for SDPA/eager, so no example attends to another. That detection only happens without a KV cache; the
-    Trainer turns use_cache off (TrainingArguments.use_cache=False), and tests/test_causal_lm.py checks it.
-    Written here because transformers' DataCollatorWithFlattening puts the whole batch in ONE row: SDPA and eager
-    attention then cost (batch x length)^2, which bench/RESULTS.md measured at 0.6x the per-token speed of padded
-    rows on CPU; rows bounded by max_length keep attention as cheap as padding while dropping almost all of it.
-    The first label of each example is -100: it would be predicted from the previous example's last token. A row
-    shorter than the widest is filled with one pad segment (its own positions from 0, labels -100), which the
-    boundary detection isolates like any other example.
-    """
-    import torch
+    prompts: list[str] = Field(
+        default_factory=list,
+        description="Generated with the fine-tuned model at the end of training and saved to samples.jsonl in the run "
+        "directory. With chat data (messages or prompt/response columns) each prompt is a user message formatted with "
+        "the chat template; with plain text it is the start of a text to continue.",
+    )
+    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS, description="Most tokens generated per prompt.")
+    do_sample: bool = Field(False, description="Sample (with temperature and top_p) instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample: true only).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this probability mass (do_sample: true only).")
 
-    capacity = max([capacity] + [len(ex["input_ids"]) for ex in examples])
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"])):
-        n = len(examples[i]["input_ids"])
-        fit = next((r for r, left in enumerate(room) if n <= left), None)
-        if fit is None:
-            rows.append([i])
-            room.append(capacity - n)
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_have_text(cls, prompts: list[str]) -> list[str]:
+        # Generation from nothing fails at the end of training, after all the work; refuse it up front.
+        return no_blank_entries(prompts, "prompt", "every prompt needs text to continue or answer") or []
+
+
+RECIPE_FIELDS: dict[str, tuple[Any, Any]] = {
+    "dataset.batching": (Literal["padded", "packed", "blocks"], Field(
+        "padded",
+        description="Causal LM only. padded: one example per row, padded to the longest in the batch. packed: the "
+        "batch's examples packed into as few rows of at most max_length tokens as fit, positions restarting at 0 for "
+        "each so no example attends to another. blocks: plain text concatenated (EOS between rows) and cut into rows of exactly max_length "
+        "tokens, attention crossing row boundaries (continued pre-training, like transformers' run_clm example).",
+    )),
+    "dataset.end_of_turn_token": (str | None, Field(
+        None,
+        description="Causal LM chat data: the token the chat template ends an assistant turn with, when it is not the "
+        "tokenizer's EOS token (e.g. <|im_end|> on a base model whose EOS is <|endoftext|>). It becomes the EOS token of "
+        "the saved tokenizer and model config so generation stops at the end of a reply.",
+    )),
+    "generation": (GenerationSection, Field(default_factory=GenerationSection, description="Causal LM only.")),
+}
+
+
+def _tokenize_text(tokenizer: Any, col: str, max_length: int, blocks: bool) -> Callable:
+    """Plain text -> rows ending in EOS, every token learned (cut at max_length unless they become blocks)."""
+    eos = tokenizer.eos_token_id
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        enc = tokenizer(batch[col])["input_ids"]
+        ids, truncated, keep = [], [], []
+        for text, row in zip(batch[col], enc):
+            row = row if row and row[-1] == eos else row + [eos]
+            truncated.append(not blocks and len(row) > max_length)
+            ids.append(row if blocks else row[:max_length])
+            keep.append(bool(text.strip()))
+        return {"input_ids": ids, "labels": ids, "length": [len(r) for r in ids], "truncated": truncated, "keep": keep}
+
+    return tokenize
+
+
+def _tokenize_chat(chat: ChatFormat, columns: Any, max_length: int) -> Callable:
+    """Conversations -> rendered rows whose labels are the assistant replies' tokens (-100 elsewhere)."""
+    tokenizer = chat.tokenizer
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        if columns.messages is not None:
+            conversations = batch[columns.messages]
         else:
-            rows[fit].append(i)
-            room[fit] -= n
-    width = max(capacity - left for left in room)
-    width = -(-width // multiple_of) * multiple_of
-    ids, labels, positions = [], [], []
-    for row in rows:
-        r_ids, r_labels, r_pos = [], [], []
-        for i in row:
-            ex = examples[i]
-            n = len(ex["input_ids"])
-            r_ids += list(ex["input_ids"])
-            r_labels += [IGNORE_INDEX] + list(ex["labels"][1:])
-            r_pos += range(n)
-        fill = width - len(r_ids)
-        ids.append(r_ids + [pad_id] * fill)
-        labels.append(r_labels + [IGNORE_INDEX] * fill)
-        positions.append(r_pos + list(range(fill)))
-    return {
-        "input_ids": torch.tensor(ids, dtype=torch.long),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "position_ids": torch.tensor(positions, dtype=torch.long),
-    }
+            conversations = [
+                [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+                for p, r in zip(batch[columns.prompt], batch[columns.response])
+            ]
+        rendered = [chat.reply_spans([{"role": m["role"], "content": m["content"]} for m in conv]) for conv in conversations]
+        # The template writes BOS and other specials itself; adding them again would double them.
+        enc = tokenizer(
+            [text for text, _ in rendered], add_special_tokens=False, truncation=True, max_length=max_length,
+            return_offsets_mapping=True,
+        )
+        labels, keep = [], []
+        for (_, spans), ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+            row = [
+                t if any(start < end_ and end > start_ for start_, end_ in spans) else IGNORE_INDEX
+                for t, (start, end) in zip(ids, offsets)
+            ]
+            labels.append(row)
+            keep.append(any(t != IGNORE_INDEX for t in row))
+        truncated = [len(e.overflowing) > 0 for e in enc.encodings] if enc.encodings else [False] * len(labels)
+        return {
+            "input_ids": enc["input_ids"], "labels": labels, "length": [len(r) for r in enc["input_ids"]],
+            "truncated": truncated, "keep": keep,
+        }
+
+    return tokenize
 
 
-class ChatFormat:
-    """Renders conversations with the tokenizer's chat template and finds the characters of each assistant reply.
-
-    Transformers can return an assistant mask itself (`return_assistant_tokens_mask`), but only for templates that
-    mark replies with `{% generation %}`, which few do. Rendering the conversation up to each reply instead works
-    with any template that renders incrementally (each prefix of a conversation renders to a prefix of the text),
-    and that is checked for every conversation rather than assumed.
-    """
-
-    def __init__(self, tokenizer: Any, model_name: str):
-        if not getattr(tokenizer, "chat_template", None):
-            raise ModelError(
-                f"model {model_name!r}: its tokenizer has no chat template, which chat data (columns.messages or "
-                "prompt/response) is formatted with; use an instruct/chat model, or train on plain text (columns.text)"
-            )
-        self.tokenizer = tokenizer
-
-    def render(self, messages: list[dict], generation_prompt: bool = False) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-    def end_of_turn(self) -> tuple[str, int]:
-        """The token the template writes right after an assistant reply (what the model must learn to emit)."""
-        text = self.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _REPLY_MARK}])
-        after = text[text.rindex(_REPLY_MARK) + len(_REPLY_MARK):].lstrip()
-        ids = self.tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
-        if not ids:
-            raise ModelError(
-                "the chat template writes nothing after an assistant reply, so the model could not learn where a reply "
-                "ends; use a chat template that closes each turn with an end-of-turn token"
-            )
-        return self.tokenizer.convert_ids_to_tokens(ids[0]), ids[0]
-
-    def reply_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-        """The rendered conversation and the [start, end) characters of each assistant reply with its end-of-turn."""
-        text = self.render(messages)
-        spans = []
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            before = self.render(messages[:i], generation_prompt=True)
-            through = self.render(messages[: i + 1])
-            if not (text.startswith(through) and through.startswith(before)):
-                raise ModelError(
-                    "the chat template does not render conversations incrementally (a conversation's beginning renders "
-                    "differently on its own), so assistant replies cannot be located for the loss mask"
-                )
-            spans.append((len(before), len(through)))
-        return text, spans
-
-
-class CausalLM:
+class CausalLM(TaskBase):
     name = "causal-lm"
     pipeline_tag = "text-generation"
+    card_title = "Text Generation"
     auto_model = "AutoModelForCausalLM"
+    generates_text = True
+    predict_example = "Once upon a time"
     peft_task_type = "CAUSAL_LM"
     default_metrics = ("perplexity", "next_token_accuracy")
+    processor_kind = "tokenizer"
+    column_roles = {
+        "text": "plain text, one document per row",
+        "messages": "chat messages, a list of {role, content} per row (SFT)",
+        "prompt": "the prompt of a prompt/response pair (SFT)",
+        "response": "the response of a prompt/response pair (SFT)",
+    }
+    recipe_fields = RECIPE_FIELDS
+
+    def check_recipe(self, recipe: Recipe) -> list[str]:
+        c, ds = recipe.dataset.columns, recipe.dataset
+        kinds = [k for k, on in (("text", c.text), ("messages", c.messages), ("prompt/response", c.prompt or c.response)) if on]
+        problems = []
+        if len(kinds) != 1:
+            given = f" (given: {', '.join(kinds)})" if kinds else ""
+            problems.append(
+                "dataset.columns needs exactly one kind of causal-lm data: text (plain text), messages (chat) or "
+                f"prompt and response{given}"
+            )
+        if (c.prompt is None) != (c.response is None):
+            problems.append("dataset.columns needs both prompt and response (a prompt/response pair per row)")
+        if ds.batching == "blocks" and c.text is None:
+            problems.append("dataset.batching blocks cuts plain text (columns.text) into blocks; chat data uses padded or packed")
+        if ds.end_of_turn_token is not None and c.text is not None:
+            problems.append("dataset.end_of_turn_token is for chat data (messages or prompt/response), not plain text")
+        return problems
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ModelError(f"the tokenizer of {ref!r} has neither a pad nor an EOS token to pad batches with")
-            tokenizer.pad_token = tokenizer.eos_token
-            log.info(
-                "the tokenizer has no pad token: padding with its EOS token %r (padding is masked out of the labels, "
-                "so EOS is still learned)", tokenizer.eos_token,
-            )
+        tokenizer = ensure_pad_token(
+            AutoTokenizer.from_pretrained(ref, **kwargs), ref, "padding is masked out of the labels, so EOS is still learned"
+        )
         # Training batches pad on the right: GPT-2's absolute positions would shift under left padding. Generation
         # pads on the left per call (predict), so the saved tokenizer stays as trained.
         tokenizer.padding_side = "right"
         return tokenizer
-
-    def stratify_column(self, recipe: Recipe) -> str | None:
-        return None
 
     # ---------------------------------------------------------------------------------------------------------------
     # Checking the raw splits
@@ -187,181 +202,70 @@ class CausalLM:
             report.columns[role] = list(split.column_names)
             # Checked here, before a validation split is carved, so row numbers are rows of the source split.
             if c.messages is not None:
-                self._check_conversations(split, role, c.messages)
-            for col in (c.text, c.prompt, c.response):
-                if col is not None:
-                    self._check_texts(split, role, col)
+                check_conversations(split, role, c.messages)
+        # Empty documents are counted and dropped in preprocess (WikiText and .txt files read by line have blank
+        # rows by design); an empty prompt or response is refused unless dataset.allow_empty_text.
+        check_texts(splits, [c.text], report, allow_empty=True, refuse=False)
+        check_texts(splits, [c.prompt, c.response], report, allow_empty=recipe.dataset.allow_empty_text)
         return None
-
-    @staticmethod
-    def _check_texts(split: Dataset, role: str, col: str) -> None:
-        for i, v in enumerate(split.data.column(col).to_pylist()):
-            if not isinstance(v, str):
-                what = "missing (null)" if v is None else f"{type(v).__name__} {v!r}, not text"
-                raise DataError(f"split {role!r} row {i}: column {col!r} is {what}")
-
-    @staticmethod
-    def _check_conversations(split: Dataset, role: str, col: str) -> None:
-        for i, conversation in enumerate(split.data.column(col).to_pylist()):
-            where = f"split {role!r} row {i}: column {col!r}"
-            if not isinstance(conversation, list) or not conversation:
-                raise DataError(f"{where} is not a list of chat messages ({{role, content}} objects)")
-            for m in conversation:
-                if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                    raise DataError(f"{where}: message {m!r} is not a {{role, content}} object with text content")
-                if m["role"] not in CHAT_ROLES:
-                    raise DataError(f"{where}: unknown chat role {m['role']!r} (known roles: {', '.join(CHAT_ROLES)})")
-            roles = [m["role"] for m in conversation]
-            if "assistant" not in roles:
-                raise DataError(
-                    f"{where}: the conversation has no assistant turn; SFT learns from assistant replies, so every "
-                    "conversation needs at least one"
-                )
-            if roles[0] == "assistant":
-                raise DataError(f"{where}: the conversation starts with an assistant turn; put a user (or system) turn first")
 
     # ---------------------------------------------------------------------------------------------------------------
     # Features
 
-    def check_end_of_turn(self, chat: ChatFormat, recipe: Recipe) -> None:
-        """The template's end-of-turn must be what generation stops at: the EOS token, or the recipe's override
-        (which then becomes the EOS token of the tokenizer, and through the Trainer of the saved config)."""
-        tokenizer = chat.tokenizer
-        token, _ = chat.end_of_turn()
-        wanted = recipe.dataset.end_of_turn_token
-        if wanted is not None:
-            if wanted != token:
-                raise ModelError(
-                    f"dataset.end_of_turn_token is {wanted!r} but the chat template ends an assistant reply with {token!r}"
-                )
-            if tokenizer.eos_token != token:
-                log.info(
-                    "end of turn: %r replaces %r as the EOS token, so generation stops after a reply", token, tokenizer.eos_token
-                )
-                tokenizer.eos_token = token
-        elif token != tokenizer.eos_token:
-            raise ModelError(
-                f"the chat template ends an assistant reply with {token!r} but the tokenizer's EOS token is "
-                f"{tokenizer.eos_token!r}, so a trained model would not stop generating at the end of a reply; set "
-                f"dataset.end_of_turn_token: {token!r} to make it the EOS token of the trained model"
-            )
-
     def preprocess(self, splits: dict[str, Dataset], recipe: Recipe, tokenizer: Any, report: DataReport) -> dict[str, Dataset]:
-        ds = recipe.dataset
-        c = ds.columns
+        ds, c = recipe.dataset, recipe.dataset.columns
         chat = None
         if c.text is None:
             chat = ChatFormat(tokenizer, recipe.model.name)
-            self.check_end_of_turn(chat, recipe)  # may change the EOS token: before the tokenizer's identity is taken
-        max_length = ds.max_length
-        blocks = ds.batching == "blocks"
-        eos = tokenizer.eos_token_id
-        if eos is None:
+            chat.adopt_end_of_turn(ds.end_of_turn_token)  # may change the EOS token: before the identity is taken
+        max_length, blocks = ds.max_length, ds.batching == "blocks"
+        if tokenizer.eos_token_id is None:
             raise ModelError(f"the tokenizer of {recipe.model.name!r} has no EOS token to end documents with")
-
-        def tokenize_text(batch: dict[str, list]) -> dict[str, list]:
-            enc = tokenizer(batch[c.text])["input_ids"]
-            ids, truncated, keep = [], [], []
-            for text, row in zip(batch[c.text], enc):
-                row = row if row and row[-1] == eos else row + [eos]
-                truncated.append(not blocks and len(row) > max_length)
-                ids.append(row if blocks else row[:max_length])
-                keep.append(bool(text.strip()))
-            return {"input_ids": ids, "labels": ids, "length": [len(r) for r in ids], "truncated": truncated, "keep": keep}
-
-        def tokenize_chat(batch: dict[str, list]) -> dict[str, list]:
-            if c.messages is not None:
-                conversations = batch[c.messages]
-            else:
-                conversations = [
-                    [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
-                    for p, r in zip(batch[c.prompt], batch[c.response])
-                ]
-            rendered = [chat.reply_spans([{"role": m["role"], "content": m["content"]} for m in conv]) for conv in conversations]
-            # The template writes BOS and other specials itself; adding them again would double them.
-            enc = tokenizer(
-                [text for text, _ in rendered], add_special_tokens=False, truncation=True, max_length=max_length,
-                return_offsets_mapping=True,
-            )
-            labels, keep = [], []
-            for (_, spans), ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
-                row = [
-                    t if any(start < end_ and end > start_ for start_, end_ in spans) else IGNORE_INDEX
-                    for t, (start, end) in zip(ids, offsets)
-                ]
-                labels.append(row)
-                keep.append(any(t != IGNORE_INDEX for t in row))
-            truncated = [len(e.overflowing) > 0 for e in enc.encodings] if enc.encodings else [False] * len(labels)
-            return {
-                "input_ids": enc["input_ids"], "labels": labels, "length": [len(r) for r in enc["input_ids"]],
-                "truncated": truncated, "keep": keep,
-            }
-
-        kind = "text" if chat is None else "chat"
+        tokenize = _tokenize_text(tokenizer, c.text, max_length, blocks) if chat is None else _tokenize_chat(chat, c, max_length)
         ident = "|".join([
             f"clm{PREPROCESS_VERSION}", tokenizer_identity(tokenizer), _sha(tokenizer.chat_template or "") if chat else "",
-            str(tokenizer.eos_token), kind, str(max_length), str(blocks), str(c.text), str(c.messages), str(c.prompt),
-            str(c.response),
+            str(tokenizer.eos_token), "text" if chat is None else "chat", str(max_length), str(blocks), str(c.text),
+            str(c.messages), str(c.prompt), str(c.response),
         ])
         drop_reason = "empty text" if chat is None else f"no assistant tokens within max_length {max_length}"
-        features: dict[str, Dataset] = {}
-        for role, split in splits.items():
-            fingerprint = _sha(f"{ident}|{split._fingerprint}")
-            mapped = split.map(
-                tokenize_text if chat is None else tokenize_chat,
-                batched=True,
-                batch_size=1000,
-                num_proc=recipe.dataset.num_proc,
-                remove_columns=split.column_names,
-                new_fingerprint=fingerprint,
-                desc=f"Tokenizing {role}",
-            )
-            if not blocks:
-                truncated = mapped.data.column("truncated").to_pylist() if mapped._indices is None else mapped["truncated"]
-                report.truncated_share[role] = sum(truncated) / max(len(truncated), 1)
-            kept = mapped.filter(
-                lambda keep: keep,
-                input_columns=["keep"],
-                batched=True,
-                batch_size=10000,
-                new_fingerprint=_sha(f"{fingerprint}|keep"),
-                desc=f"Dropping unusable rows of {role}",
-            )
-            if len(kept) < len(mapped):
-                report.dropped[f"{drop_reason}, {role}"] = len(mapped) - len(kept)
-            features[role] = kept.remove_columns(["truncated", "keep"])
+        features = {
+            role: self._tokenized(split, role, tokenize, _sha(f"{ident}|{split._fingerprint}"), drop_reason, not blocks,
+                                  ds.num_proc, report)
+            for role, split in splits.items()
+        }
         if len(features["train"]):
-            report.token_lengths = _length_stats(features["train"]["length"][:10000])
+            report.token_lengths = _length_stats(features["train"]["length"][:LENGTH_SAMPLE])
         if blocks:
-            features = {role: self._blocks(f, role, max_length, report) for role, f in features.items()}
+            features = {role: cut_blocks(f, role, max_length, report) for role, f in features.items()}
         return features
 
     @staticmethod
-    def _blocks(features: Dataset, role: str, size: int, report: DataReport) -> Dataset:
-        """Concatenate documents (EOS-separated) and cut them into rows of exactly `size` tokens, as run_clm does:
-        the remainder of each 1,000-document batch is dropped."""
-        total = sum(features["length"])
-
-        def group(batch: dict[str, list]) -> dict[str, list]:
-            ids = list(chain.from_iterable(batch["input_ids"]))
-            rows = [ids[i: i + size] for i in range(0, len(ids) - size + 1, size)]
-            return {"input_ids": rows, "labels": rows, "length": [size] * len(rows)}
-
-        grouped = features.map(
-            group,
+    def _tokenized(split: Dataset, role: str, tokenize: Callable, fingerprint: str, drop_reason: str, count_truncated: bool,
+                   num_proc: int | None, report: DataReport) -> Dataset:
+        """One split tokenized (cached under `fingerprint`), its unusable rows dropped and counted in the report."""
+        mapped = split.map(
+            tokenize,
             batched=True,
-            batch_size=1000,
-            remove_columns=features.column_names,
-            new_fingerprint=_sha(f"{features._fingerprint}|blocks{size}"),
-            desc=f"Cutting {role} into blocks",
+            batch_size=TOKENIZE_BATCH,
+            num_proc=num_proc,
+            remove_columns=split.column_names,
+            new_fingerprint=fingerprint,
+            desc=f"Tokenizing {role}",
         )
-        if len(grouped) == 0:
-            raise DataError(
-                f"split {role!r} has {total} tokens, fewer than one block of dataset.max_length {size}; lower max_length "
-                "or give the split more text"
-            )
-        report.notes.append(f"blocks ({role}): {len(grouped)} blocks of {size} tokens from {total} tokens")
-        return grouped
+        if count_truncated:
+            truncated = mapped.data.column("truncated").to_pylist() if mapped._indices is None else mapped["truncated"]
+            report.truncated_share[role] = sum(truncated) / max(len(truncated), 1)
+        kept = mapped.filter(
+            lambda keep: keep,
+            input_columns=["keep"],
+            batched=True,
+            batch_size=KEEP_BATCH,
+            new_fingerprint=_sha(f"{fingerprint}|keep"),
+            desc=f"Dropping unusable rows of {role}",
+        )
+        if len(kept) < len(mapped):
+            report.dropped[f"{drop_reason}, {role}"] = len(mapped) - len(kept)
+        return kept.remove_columns(["truncated", "keep"])
 
     def collator(self, tokenizer: Any, recipe: Recipe, on_gpu: bool) -> Callable:
         if recipe.dataset.batching == "packed":
@@ -389,9 +293,6 @@ class CausalLM:
 
     # ---------------------------------------------------------------------------------------------------------------
     # Model
-
-    def model_kwargs(self, labels: list[str] | None) -> dict[str, Any]:
-        return {}
 
     def head_modules(self, model: Any) -> list[str]:
         # The LM head is tied to (or mirrors) the embeddings: training it fully would save a vocabulary-sized copy.
@@ -436,11 +337,11 @@ class CausalLM:
 
         return compute
 
-    def write_eval_artifacts(self, out_dir: Any, predictions: Any, references: Any, labels: list[str] | None) -> list[str]:
-        return []
-
     # ---------------------------------------------------------------------------------------------------------------
     # Generation
+
+    def check_predict_inputs(self, inputs: list[str]) -> None:
+        warn_image_paths(inputs)
 
     def predict_options(self, recipe: Recipe) -> dict[str, Any]:
         g = recipe.generation
@@ -493,7 +394,7 @@ class CausalLM:
 
         import transformers
 
-        from hftoolkit.rundir import write_atomic
+        from hftoolkit.run.records import write_atomic
 
         prompts = recipe.generation.prompts
         if not prompts:

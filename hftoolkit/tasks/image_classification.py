@@ -14,20 +14,25 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from pydantic import Field
+
 from hftoolkit.data import require_columns
 from hftoolkit.errors import DataError, ModelError
 from hftoolkit.tasks._classification import LABELS, ClassificationTask
-from hftoolkit.tasks.base import DataReport
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport
 
 # Bump when the decode check changes, so cached check results from older versions are not reused.
 CHECK_VERSION = 1
 DROP_REASON = "image failed to decode"
 PREDICT_BATCH = 32
+# probe_inputs: a few seeded noise images of this size (height, width) compare two models' logits.
+PROBE_IMAGES, PROBE_IMAGE_SIZE, PROBE_SEED = 3, (48, 48), 0
+PROBE_SEED, PROBE_IMAGES, PROBE_SIZE = 0, 3, (48, 48)  # probe_inputs: what `hft push --merge` compares logits on
 
 
 def input_size(processor: Any) -> tuple[int, int]:
@@ -179,9 +184,20 @@ def collate_images(examples: list[dict]) -> dict[str, Any]:
 class ImageClassification(ClassificationTask):
     name = "image-classification"
     pipeline_tag = "image-classification"
+    card_title = "Image Classification"
     auto_model = "AutoModelForImageClassification"
+    auto_processor = "AutoImageProcessor"
+    predict_example = "example.jpg"
     # No PEFT task type: PEFT's typed wrappers feed `input_ids`; the plain PeftModel passes `pixel_values` through.
     peft_task_type = None
+    processor_kind = "image processor"
+    column_roles = {
+        "image": "the image: an Image feature, or file paths (default: a column named image)",
+        "label": "the class label (default: a column named label)",
+    }
+    recipe_fields = {
+        "dataset.skip_bad_images": (bool, Field(False, description="Skip images that fail to decode (counted in the data report).")),
+    }
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoImageProcessor
@@ -280,6 +296,24 @@ class ImageClassification(ClassificationTask):
             path = Path(item).expanduser()
             if not path.is_file():
                 raise DataError(f"image {item!r} does not exist" if not path.exists() else f"image {item!r} is not a file")
+
+    def probe_inputs(self, processor: Any, max_length: int) -> list[dict[str, Any]]:
+        """Three fixed random RGB images (seeded), one processor call each, for `hft push --merge`'s logit check."""
+        import numpy as np
+        from PIL import Image
+
+        rng = np.random.RandomState(PROBE_SEED)
+        images = [Image.fromarray(rng.randint(0, 256, (*PROBE_SIZE, 3), dtype=np.uint8)) for _ in range(PROBE_IMAGES)]
+        return [dict(processor(images=[im], return_tensors="pt")) for im in images]
+
+    def probe_inputs(self, processor: Any, max_length: int) -> list[dict[str, Any]]:
+        """Seeded noise images, each through the image processor on its own (max_length is for tokens: unused)."""
+        import numpy as np
+        from PIL import Image
+
+        rng = np.random.RandomState(PROBE_SEED)
+        images = [Image.fromarray(rng.randint(0, 256, (*PROBE_IMAGE_SIZE, 3), dtype=np.uint8)) for _ in range(PROBE_IMAGES)]
+        return [dict(processor(images=[im], return_tensors="pt")) for im in images]
 
     def predict(self, model: Any, processor: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
         import torch

@@ -7,96 +7,98 @@ multi-label and regression targets are in tasks/_targets.py.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import TYPE_CHECKING, Any, Callable
+
+from pydantic import Field
 
 from hftoolkit.data import require_columns
 from hftoolkit.errors import DataError
 from hftoolkit.tasks import _targets as targets
 from hftoolkit.tasks._classification import LABELS, ClassificationTask
-from hftoolkit.tasks.base import DataReport
+from hftoolkit.tasks._text import check_texts, ensure_pad_token, token_length_stats, tokenizer_identity, warn_image_paths
+from hftoolkit.tasks.base import flat
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport
 
 # Bump when the tokenization output changes, so cached features from older versions are not reused.
 PREPROCESS_VERSION = 1
-LENGTH_SAMPLE = 10_000  # rows of train whose token lengths the data report summarizes
-
-
-def tokenizer_identity(tokenizer: Any) -> str:
-    """Content hash of a tokenizer (vocab, normalizer, special tokens), stable across processes.
-
-    Used as part of the cache fingerprint instead of datasets' pickling-based hash, which changes when the
-    fast tokenizer's truncation state changes and then silently re-tokenizes (or worse, keys on the wrong thing).
-    """
-    state: Any
-    try:
-        state = json.loads(tokenizer.backend_tokenizer.to_str())
-        state.pop("truncation", None)
-        state.pop("padding", None)
-    except AttributeError:
-        state = sorted(tokenizer.get_vocab().items())
-    blob = json.dumps([type(tokenizer).__name__, state, tokenizer.all_special_tokens, tokenizer.padding_side], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def token_length_stats(features: Dataset, sample: int = LENGTH_SAMPLE) -> dict[str, float]:
-    """Token length statistics of the first `sample` rows of tokenized features (their `length` column)."""
-    s = sorted(features["length"][:sample])
-    if not s:
-        return {}
-    return {"sample": len(s), "mean": sum(s) / len(s), "p50": s[len(s) // 2], "p95": s[min(len(s) - 1, int(len(s) * 0.95))], "max": s[-1]}
-
-
-def _split_sources(splits: dict[str, Dataset]) -> str:
-    return ",".join(f"{k}={v._fingerprint}" for k, v in sorted(splits.items()))
 
 
 class TextClassification(ClassificationTask):
     name = "text-classification"
     pipeline_tag = "text-classification"
+    card_title = "Text Classification"
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
-    recipe_keys = ("dataset.regression", "evaluation.threshold")  # only this task may set them
+    processor_kind = "tokenizer"
+    column_roles = {
+        "text": "the text to classify",
+        "text_pair": "the second text of sentence pairs",
+        "label": "the class label (ClassLabel, string or integer column)",
+    }
+    recipe_fields = {
+        "dataset.regression": (bool, Field(
+            False,
+            description="Text classification: the label column holds numbers to predict (one output, MSE loss; metrics "
+            "mse, pearsonr, spearmanr). Without it a float label is an error.",
+        )),
+        "evaluation.threshold": (float, Field(
+            0.5, gt=0, lt=1,
+            description="Multi-label text classification (a list of labels per row): a label is predicted when its "
+            "sigmoid probability is at least this.",
+        )),
+    }
     float_label_hint = "to predict numbers (regression) set dataset.regression: true"
-    # From the data (lists of labels: multi-label) and the recipe (dataset.regression), set by prepare(); the pipeline
-    # calls prepare() before anything that reads it, and predict reads the saved config's problem_type instead.
+    # From the data (lists of labels: multi-label) and the recipe (dataset.regression), set by prepare(); every
+    # command prepares the data before anything reads it, and predict reads the saved config's problem_type instead.
     problem_type = targets.SINGLE_LABEL
 
     @property
     def default_metrics(self) -> tuple[str, ...]:  # type: ignore[override]
         return targets.DEFAULT_METRICS[self.problem_type]
 
-    def check_recipe(self, recipe: Recipe) -> None:
-        """Recipe-time rules for this task's own keys (raised as ValueError: the schema reports them with their line)."""
+    def check_recipe(self, recipe: Recipe) -> list[str]:
         ds, t = recipe.dataset, recipe.training
-        if ds.regression:
-            for key in ("label_names", "num_labels"):
-                if getattr(ds, key) is not None:
-                    raise ValueError(f"dataset.{key} names classes; dataset.regression: true predicts numbers")
-            if targets.threshold_set(recipe):
-                raise ValueError("evaluation.threshold is for multi-label data; dataset.regression: true predicts numbers")
-            if t.metric_for_best_model in ("mse", "eval_mse") and t.greater_is_better is not False:
-                raise ValueError("training.metric_for_best_model mse is better when lower: set training.greater_is_better: false")
+        if not ds.regression:
+            return []
+        problems = [
+            f"dataset.{key} names classes; dataset.regression: true predicts numbers"
+            for key in ("label_names", "num_labels") if getattr(ds, key) is not None
+        ]
+        if targets.threshold_set(recipe):
+            problems.append("evaluation.threshold is for multi-label data; dataset.regression: true predicts numbers")
+        if t.metric_for_best_model in ("mse", "eval_mse") and t.greater_is_better is not False:
+            problems.append("training.metric_for_best_model mse is better when lower: set training.greater_is_better: false")
+        return problems
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(ref, **kwargs)
+        # GPT-2 and many Llama-family tokenizers have no pad token; their *ForSequenceClassification heads read the
+        # last token that is not padding, found through config.pad_token_id (processor_model_kwargs below).
+        return ensure_pad_token(
+            AutoTokenizer.from_pretrained(ref, **kwargs), ref, "the classifier reads the last token before the padding"
+        )
+
+    def processor_model_kwargs(self, tokenizer: Any) -> dict[str, Any]:
+        return {"pad_token_id": tokenizer.pad_token_id}
 
     # ---------------------------------------------------------------------------------------------------------------
     # Checking columns and encoding labels on the raw splits
 
-    def prepare(self, splits: dict[str, Dataset], recipe: Recipe, report: DataReport) -> list[str]:
+    def prepare(self, splits: dict[str, Dataset], recipe: Recipe, report: DataReport) -> list[str] | None:
         cols = recipe.dataset.columns
         if cols.text is None or cols.label is None:
             raise DataError("text-classification needs dataset.columns.text and dataset.columns.label")
         for role, split in splits.items():
             require_columns(split, role, {"text": cols.text, "text_pair": cols.text_pair, "label": cols.label})
             report.columns[role] = list(split.column_names)
+        # On the raw splits, so a bad value is named by its row in the source (tokenize() sees only a batch).
+        check_texts(splits, [cols.text, cols.text_pair], report, allow_empty=recipe.dataset.allow_empty_text)
         self.problem_type = targets.problem_type(splits["train"], cols.label, recipe)
         if self.problem_type == targets.REGRESSION:
             targets.encode_regression(splits, cols.label, report)
@@ -132,11 +134,7 @@ class TextClassification(ClassificationTask):
         names = list(splits["train"].features[label].feature.names) if multi else []
 
         def tokenize(batch: dict[str, list]) -> dict[str, list]:
-            for c in (text, pair):
-                if c is not None:
-                    for i, v in enumerate(batch[c]):
-                        if not isinstance(v, str):
-                            raise DataError(f"column {c!r}: value {v!r} is not text (row {i} of a batch)")
+            # Values are text: prepare() checked every row of the raw splits.
             enc = tokenizer(batch[text], batch[pair] if pair else None, truncation=True, max_length=max_length)
             out = dict(enc)
             out[LABELS] = [targets.multi_hot(ids, len(names)) for ids in batch[label]] if multi else batch[label]
@@ -202,6 +200,9 @@ class TextClassification(ClassificationTask):
     def predict_options(self, recipe: Recipe) -> dict[str, Any]:
         return {"threshold": recipe.evaluation.threshold}
 
+    def check_predict_inputs(self, inputs: list[str]) -> None:
+        warn_image_paths(inputs)
+
     def predict(self, model: Any, tokenizer: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
         import torch
 
@@ -215,6 +216,15 @@ class TextClassification(ClassificationTask):
         if kind == targets.MULTI_LABEL:
             return targets.multi_label_results(model, logits, inputs, options["threshold"])
         return self.top_labels(model, logits, inputs)
+
+    def result_line(self, result: dict[str, Any]) -> str:
+        if "labels" in result:  # multi-label: every label over the threshold, most probable first
+            names = ",".join(flat(x["label"]) for x in result["labels"]) or "(none)"
+            scores = ",".join(f"{x['score']:.4f}" for x in result["labels"]) or "-"
+            return f"{names}\t{scores}\t{flat(result['input'])}"
+        if "value" in result:  # regression
+            return f"{result['value']:.4f}\t{flat(result['input'])}"
+        return super().result_line(result)
 
 
 TASK = TextClassification()

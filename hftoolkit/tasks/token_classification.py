@@ -11,19 +11,22 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from pydantic import Field
 
 from hftoolkit import metrics as metric_lib
-from hftoolkit.data import require_columns
+from hftoolkit.data import column_values, require_columns
 from hftoolkit.errors import DataError, MetricError, ModelError
 from hftoolkit.tasks._classification import LABELS, ClassificationTask
-from hftoolkit.tasks.text_classification import token_length_stats, tokenizer_identity
+from hftoolkit.tasks._text import ensure_pad_token, token_length_stats, tokenizer_identity, warn_image_paths
+from hftoolkit.tasks.base import flat
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from hftoolkit.recipe import Recipe
-    from hftoolkit.tasks.base import DataReport
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport
 
 IGNORE = -100  # label of the positions the loss and the metrics skip (transformers' ignore index)
 PREPROCESS_VERSION = 1  # bump when the features change, so cached ones from older versions are not reused
@@ -50,6 +53,24 @@ SEQEVAL_OVERALL = {
     "overall_precision": "precision", "overall_recall": "recall", "overall_f1": "f1", "overall_accuracy": "accuracy",
 }
 SEQEVAL_PER_TYPE = {"precision": "precision", "recall": "recall", "f1": "f1", "number": "support"}
+# This task's own recipe keys (the schema adds them; other tasks' recipes must leave them at their defaults).
+RECIPE_FIELDS: dict[str, tuple[Any, Any]] = {
+    "dataset.skip_bad_rows": (bool, Field(
+        False,
+        description="Token classification: drop rows whose tokens and tags differ in length, that hold an unknown tag "
+        "or an I- tag following nothing (counted in the data report) instead of stopping at the first one.",
+    )),
+    "dataset.label_all_subwords": (bool, Field(
+        False,
+        description="Token classification: every subword of a word carries its tag (B- becomes I- after the first "
+        "subword) and is scored; default: only the first subword, the others are ignored (-100).",
+    )),
+    "evaluation.scheme": (Literal[tuple(SCHEMES)], Field(
+        "IOB2",
+        description="Token classification: the tagging scheme of the tags; data is checked against it, and entities "
+        "are scored (seqeval strict mode) and predicted as spans that are valid in it.",
+    )),
+}
 
 
 def align_labels(word_ids: list[int | None], word_tags: list[int], inside: dict[int, int] | None = None) -> list[int]:
@@ -113,25 +134,35 @@ def seqeval_scores(pred_tags: list[list[str]], ref_tags: list[list[str]], scheme
 class TokenClassification(ClassificationTask):
     name = "token-classification"
     pipeline_tag = "token-classification"
+    card_title = "Token Classification"
     auto_model = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     default_metrics = ("seqeval",)
-    column_roles = ("tokens", "tags")
-    recipe_keys = ("dataset.label_all_subwords", "dataset.skip_bad_rows", "evaluation.scheme")  # this task's alone
+    processor_kind = "tokenizer"
+    column_roles = {
+        "tokens": "a list of words per row",
+        "tags": "a list of tags per row, one per word (ClassLabel ids or strings)",
+    }
+    recipe_fields = RECIPE_FIELDS
+    predict_example = "Angela Merkel visited Seattle."
+    example_words = tuple(WORD.findall(predict_example))  # cut as `hft predict` cuts it
+    label_counts_of = "words"
+    score_group_title = "entity type"
 
-    def check_recipe(self, recipe: Recipe) -> None:
-        """Recipe-time rules (raised as ValueError: the schema reports them with their file line)."""
+    def check_recipe(self, recipe: Recipe) -> list[str]:
         cols, ds = recipe.dataset.columns, recipe.dataset
         missing = [f"dataset.columns.{role}" for role in self.column_roles if getattr(cols, role) is None]
+        problems = []
         if missing:
-            raise ValueError(
+            problems.append(
                 f"{' and '.join(missing)} needed: token-classification reads a list of words and a list of tags per row"
             )
         if ds.label_all_subwords and recipe.evaluation.scheme not in ALL_SUBWORD_SCHEMES:
-            raise ValueError(
+            problems.append(
                 f"dataset.label_all_subwords works with evaluation.scheme {' or '.join(ALL_SUBWORD_SCHEMES)} (later "
                 f"subwords of a word get its I- tag); {recipe.evaluation.scheme} marks entity ends, which that would break"
             )
+        return problems
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoTokenizer
@@ -142,7 +173,8 @@ class TokenClassification(ClassificationTask):
                 f"the tokenizer of {ref!r} is a slow (Python) tokenizer; token classification maps words to subwords "
                 "with a fast tokenizer's word_ids(): use a model that ships tokenizer.json"
             )
-        return tokenizer
+        # Decoder tokenizers (GPT-2 ...) have no pad token; padded positions carry IGNORE labels, so EOS is harmless.
+        return ensure_pad_token(tokenizer, ref, "padded positions are ignored by the loss and the metrics")
 
     def stratify_column(self, recipe: Recipe) -> str | None:
         return None  # rows hold lists of tags: nothing to stratify by (tag counts come from preprocess)
@@ -182,7 +214,7 @@ class TokenClassification(ClassificationTask):
             if ds.label_names is not None and ds.label_names != names:
                 raise DataError(f"dataset.label_names {ds.label_names} differ from the dataset's own tag names {names}")
         elif dtype in ("string", "large_string"):
-            names = sorted({t for row in self._column(splits["train"], col) if row for t in row if t is not None})
+            names = sorted({t for row in column_values(splits["train"], col) if row for t in row if t is not None})
         elif dtype.startswith(("int", "uint")) and ds.label_names:
             names = list(ds.label_names)
         elif dtype.startswith(("int", "uint")):
@@ -213,7 +245,7 @@ class TokenClassification(ClassificationTask):
         index = {n: i for i, n in enumerate(names)}
         for role, split in list(splits.items()):
             bad: dict[str, list[int]] = {}
-            words, tags = self._column(split, cols.tokens), self._column(split, cols.tags)
+            words, tags = column_values(split, cols.tokens), column_values(split, cols.tags)
             for i, (w, t) in enumerate(zip(words, tags)):
                 problem = row_problem(w, t, names, index, continuing)
                 if problem is None:
@@ -252,7 +284,7 @@ class TokenClassification(ClassificationTask):
         ident = tokenizer_identity(tokenizer)
         features = {}
         for role, split in splits.items():
-            counts = Counter(t for row in self._column(split, tags) for t in row)
+            counts = Counter(t for row in column_values(split, tags) for t in row)
             report.label_counts[role] = {name: counts.get(i, 0) for i, name in enumerate(names)}
             key = f"tok{PREPROCESS_VERSION}|{split._fingerprint}|{ident}|{ds.max_length}|{words}|{tags}"
             key += f"|{ds.label_all_subwords}"
@@ -260,7 +292,7 @@ class TokenClassification(ClassificationTask):
                 tokenize, batched=True, batch_size=1000, num_proc=ds.num_proc, remove_columns=split.column_names,
                 new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32], desc=f"Tokenizing {role}",
             )
-            truncated = self._column(mapped, "truncated")
+            truncated = column_values(mapped, "truncated")
             report.truncated_share[role] = sum(truncated) / max(len(truncated), 1)
             features[role] = mapped.remove_columns(["truncated"])
         report.token_lengths = token_length_stats(features["train"])
@@ -314,8 +346,16 @@ class TokenClassification(ClassificationTask):
         # The tag confusion matrix over the scored tokens (first subwords).
         return super().write_eval_artifacts(out_dir, preds[scored].tolist(), refs[scored].tolist(), labels)
 
+    def check_predict_inputs(self, inputs: list[str]) -> None:
+        warn_image_paths(inputs)
+
     def predict_options(self, recipe: Recipe) -> dict[str, Any]:
         return {"scheme": recipe.evaluation.scheme, "max_length": recipe.dataset.max_length}
+
+    def result_line(self, result: dict[str, Any]) -> str:
+        """`TYPE "text" [start:end] score; ...<TAB>input`, or `(no entities)`."""
+        spans = [f"{e['type']} \"{flat(e['text'])}\" [{e['start']}:{e['end']}] {e['score']:.4f}" for e in result["entities"]]
+        return f"{'; '.join(spans) or '(no entities)'}\t{flat(result['input'])}"
 
     def predict(self, model: Any, tokenizer: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
         """Per input: {"input", "entities": [{"type", "text", "start", "end", "score"}]}, spans in characters."""

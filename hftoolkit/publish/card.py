@@ -2,18 +2,27 @@
 
 Rendering goes through huggingface_hub (`ModelCardData`, `EvalResult`, `ModelCard.from_template`) so the YAML
 header and its model-index are exactly what the Hub parses. The card is a pure function of `CardInputs`, which
-`push.py` builds from the run's (already sanitized) files: no dates, no absolute paths, no network, so the same
-run always renders the same bytes (tests/golden/model_card.md pins them).
+publish/inspect.py builds from the run's (already sanitized) records: no dates, no absolute paths, no network, so the
+same run always renders the same bytes (tests/golden/model_card.md pins them). What differs between tasks (pipeline
+tag, Auto classes, generation or labels, the example input) comes from the task's `card_fields()`, never from its name.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hftoolkit.errors import PushError
+from hftoolkit.publish.escape import code_fence, code_span, md_inline, md_text, python_str, shell_word
+
+if TYPE_CHECKING:
+    from hftoolkit.recipe.schema import Recipe
+    from hftoolkit.run.records import DataReport, EvalResults, Manifest
+    from hftoolkit.tasks.base import CardFields
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 
@@ -25,35 +34,28 @@ HUB_ONLY_LICENSES = frozenset({
     "llama3.1", "llama3.2", "llama3.3", "llama4", "gemma", "apple-ascl", "apple-amlr", "intel-research",
 })
 
-TASK_TITLES = {
-    "text-classification": "Text Classification",
-    "image-classification": "Image Classification",
-    "text-generation": "Text Generation",
-    "token-classification": "Token Classification",
-}
+# The snippet feeds an image processor images (PIL) and a tokenizer text: the processor class decides, not the task.
+IMAGE_PROCESSOR = "AutoImageProcessor"
 # Scores hft reports that are not metrics in the model-index sense.
 NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch")
-# `GROUP/metric` scores (token classification: `PER/f1`) form their own table, one row per group; the model-index
+# `GROUP/metric` scores (token classification: `PER/f1`) form a table of their own, one row per group; the model-index
 # and the main results table keep the overall scores.
 GROUP_SEPARATOR = "/"
-GROUP_TITLES = {"token-classification": "entity type"}
-COUNTED_UNITS = {"token-classification": "words"}  # what the label table counts per split (default: rows)
 
 
 @dataclass
 class CardInputs:
-    """Everything the card says. `push.py` fills it from a run; the golden test from fixed JSON."""
+    """Everything the card says. publish/inspect.py fills it from a run; the golden test from fixed JSON."""
 
     repo_id: str
     kind: str  # adapter | merged | full
     task: str  # the recipe's task
-    pipeline_tag: str
-    auto_model: str  # transformers Auto class of the task
-    recipe: dict[str, Any]  # the published (sanitized) resolved recipe
+    fields: CardFields  # what the task contributes (pipeline tag, Auto classes, ...)
+    recipe: Recipe  # the published (sanitized) resolved recipe
     recipe_yaml: str
-    manifest: dict[str, Any]  # the published (sanitized) manifest
-    data_report: dict[str, Any]
-    eval_results: dict[str, Any]  # the published (sanitized) eval_results.json
+    manifest: Manifest  # the published (sanitized) manifest
+    data_report: DataReport
+    eval_results: EvalResults  # the published (sanitized) eval_results.json
     license: str | None
     license_source: str  # where the license came from, said in the card
     base_model: str | None  # Hub id of the base model, None for a local one
@@ -107,41 +109,50 @@ def _no_paths(text: str) -> str:
     return _ABS_PATH.sub(r"\1", str(text))
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _overall(inputs: CardInputs) -> dict[str, Any]:
+    """The overall scores: all of them, less the per-group ones of a task that has groups (CardFields)."""
+    grouped = inputs.fields.score_group_title is not None
+    return {k: v for k, v in inputs.eval_results.metrics.items() if not (grouped and GROUP_SEPARATOR in k)}
+
+
 def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(k, f"{v:.4f}") for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return [(k, f"{v:.4f}") for k, v in metrics.items() if _is_number(v)]
 
 
-def _group_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def _group_table(inputs: CardInputs) -> tuple[list[str], list[list[str]]]:
     """`GROUP/metric` scores as (metric names, one row per group); counts (support) stay integers."""
     columns: list[str] = []
     rows: dict[str, dict[str, str]] = {}
-    for key, value in metrics.items():
-        if GROUP_SEPARATOR not in key or not isinstance(value, (int, float)) or isinstance(value, bool):
+    overall = _overall(inputs)
+    for key, value in inputs.eval_results.metrics.items():
+        if key in overall or not _is_number(value):
             continue
         group, metric = key.rsplit(GROUP_SEPARATOR, 1)
-        if metric not in columns:
-            columns.append(metric)
+        columns += [] if metric in columns else [metric]
         rows.setdefault(group, {})[metric] = str(int(value)) if metric == "support" else f"{value:.4f}"
     return columns, [[group] + [cells.get(c, "–") for c in columns] for group, cells in rows.items()]
 
 
 def _dataset(inputs: CardInputs) -> dict[str, Any]:
-    ds_recipe = inputs.recipe.get("dataset", {})
-    ds_manifest = inputs.manifest.get("dataset", {})
+    ds_recipe, ds_manifest = inputs.recipe.dataset, inputs.manifest.dataset
     hub_id = inputs.dataset_id
-    files = ds_recipe.get("files") or {}
+    files = ds_recipe.files or {}
     formats = sorted({Path(f).suffix.lstrip(".").replace("jsonl", "json").replace("tsv", "csv") for f in files.values()})
     return {
         "hub_id": hub_id,
-        "display": hub_id or ds_recipe.get("name") or f"local {'/'.join(formats) or 'data'} files",
+        "display": hub_id or ds_recipe.name or f"local {'/'.join(formats) or 'data'} files",
         "type": hub_id or (formats[0] if len(formats) == 1 else "local"),
         "name": hub_id or f"local {'/'.join(formats) or 'data'} files",
-        "config": ds_recipe.get("config"),
-        "revision": ds_recipe.get("revision"),
-        "commit": ds_manifest.get("commit"),
+        "config": ds_recipe.config,
+        "revision": ds_recipe.revision,
+        "commit": ds_manifest.commit if ds_manifest else None,
         "files": files,
-        "split_names": ds_manifest.get("split_names") or {},
-        "notes": ds_manifest.get("notes") or [],
+        "split_names": ds_manifest.split_names if ds_manifest else {},
+        "notes": ds_manifest.notes if ds_manifest else [],
     }
 
 
@@ -151,15 +162,15 @@ def eval_results_metadata(inputs: CardInputs) -> list:
 
     ev = inputs.eval_results
     ds = _dataset(inputs)
-    split = ev.get("split")
+    split = ev.split
     out = []
-    for name, value in (ev.get("metrics") or {}).items():
-        if name in NOT_METRICS or GROUP_SEPARATOR in name or not isinstance(value, (int, float)) or isinstance(value, bool):
+    for name, value in _overall(inputs).items():
+        if name in NOT_METRICS or not _is_number(value):
             continue
         out.append(
             EvalResult(
-                task_type=inputs.pipeline_tag,
-                task_name=TASK_TITLES.get(inputs.pipeline_tag, inputs.pipeline_tag),
+                task_type=inputs.fields.pipeline_tag,
+                task_name=inputs.fields.title,
                 dataset_type=ds["type"],
                 dataset_name=ds["name"],
                 dataset_config=ds["config"],
@@ -178,10 +189,10 @@ def card_data(inputs: CardInputs):
 
     ds = _dataset(inputs)
     adapter = inputs.kind == "adapter"
-    tags = ["hftoolkit", inputs.pipeline_tag]
-    if inputs.recipe.get("lora", {}).get("enabled"):
+    tags = ["hftoolkit", inputs.fields.pipeline_tag]
+    if inputs.recipe.lora.enabled:
         tags += ["lora", "peft"] if adapter else ["lora", "merged-lora"]
-    metric_names = [n for n in (inputs.eval_results.get("metrics") or {}) if n not in NOT_METRICS and GROUP_SEPARATOR not in n]
+    metric_names = [n for n in _overall(inputs) if n not in NOT_METRICS]
     return ModelCardData(
         base_model=inputs.base_model,
         datasets=[ds["hub_id"]] if ds["hub_id"] else None,
@@ -190,58 +201,53 @@ def card_data(inputs: CardInputs):
         license=inputs.license,
         metrics=metric_names or None,
         model_name=inputs.repo_id.split("/")[-1],
-        pipeline_tag=inputs.pipeline_tag,
+        pipeline_tag=inputs.fields.pipeline_tag,
         tags=tags,
         eval_results=eval_results_metadata(inputs) or None,
     )
 
 
-def _context(inputs: CardInputs) -> dict[str, Any]:
-    recipe, manifest, report, ev = inputs.recipe, inputs.manifest, inputs.data_report, inputs.eval_results
-    ds = _dataset(inputs)
-    labels = manifest.get("labels") or ev.get("labels") or []
-    counts = report.get("label_counts") or {}
-    roles = [r for r in ("train", "validation", "test") if r in counts]
-    label_rows = [[str(i), name] + [str(counts[r].get(name, 0)) for r in roles] for i, name in enumerate(labels)]
-    group_columns, group_rows = _group_table(ev.get("metrics") or {})
-    sizes = report.get("split_sizes") or {}
-    split_rows = [(role, ds["split_names"].get(role, role), str(n)) for role, n in sizes.items()]
-    train, lora = recipe.get("training", {}), recipe.get("lora", {})
+def _hyperparameters(inputs: CardInputs) -> list[tuple[str, Any]]:
+    recipe, manifest = inputs.recipe, inputs.manifest
+    train, lora = recipe.training, recipe.lora
     hyper = [
-        ("epochs", train.get("epochs")), ("max_steps", train.get("max_steps")),
-        ("per-device batch size", train.get("batch_size")),
-        ("gradient accumulation steps", train.get("gradient_accumulation_steps")),
-        ("world size (processes)", manifest.get("world_size")), ("learning rate", train.get("learning_rate")),
-        ("scheduler", train.get("scheduler")), ("warmup ratio", train.get("warmup_ratio")),
-        ("weight decay", train.get("weight_decay")), ("max grad norm", train.get("max_grad_norm")),
-        ("precision", manifest.get("precision")), ("seed", manifest.get("seed", train.get("seed"))),
-        ("max sequence length", recipe.get("dataset", {}).get("max_length")),
+        ("epochs", train.epochs), ("max_steps", train.max_steps), ("per-device batch size", train.batch_size),
+        ("gradient accumulation steps", train.gradient_accumulation_steps),
+        ("world size (processes)", manifest.world_size), ("learning rate", train.learning_rate),
+        ("scheduler", train.scheduler), ("warmup ratio", train.warmup_ratio), ("weight decay", train.weight_decay),
+        ("max grad norm", train.max_grad_norm), ("precision", manifest.precision),
+        ("seed", train.seed if manifest.seed is None else manifest.seed),
+        ("max sequence length", recipe.dataset.max_length),
     ]
-    if lora.get("enabled"):
+    if lora.enabled:
         hyper += [
-            ("LoRA rank r", lora.get("r")), ("LoRA alpha", lora.get("alpha")), ("LoRA dropout", lora.get("dropout")),
-            ("LoRA target modules", sorted(inputs.lora_targets or lora.get("target_modules") or []) or "PEFT default"),
-            ("modules trained fully (saved with the adapter)", lora.get("modules_to_save") or "the task head"),
+            ("LoRA rank r", lora.r), ("LoRA alpha", lora.alpha), ("LoRA dropout", lora.dropout),
+            ("LoRA target modules", sorted(inputs.lora_targets or lora.target_modules or []) or "PEFT default"),
+            ("modules trained fully (saved with the adapter)", lora.modules_to_save or "the task head"),
         ]
-    params = manifest.get("parameters") or {}
-    if params.get("total"):
-        share = 100 * params["trainable"] / params["total"]
-        hyper.append(("trainable parameters", f"{params['trainable']:,} of {params['total']:,} ({share:.2f}%)"))
-    tl = report.get("token_lengths") or {}
-    truncated = {k: v for k, v in (report.get("truncated_share") or {}).items() if v}
+    params = manifest.parameters
+    if params and params.total:
+        share = 100 * params.trainable / params.total
+        hyper.append(("trainable parameters", f"{params.trainable:,} of {params.total:,} ({share:.2f}%)"))
+    return [(k, v) for k, v in hyper if v is not None]
+
+
+def _limitations(inputs: CardInputs, ds: dict[str, Any], labels: list[str], truncated: dict[str, float]) -> list[str]:
+    ev = inputs.eval_results
     limitations = [
-        f"Scores come from {ev.get('num_examples', '?')} examples of the {ev.get('split', '?')} split of "
+        f"Scores come from {ev.num_examples} examples of the {ev.split} split of "
         f"{ds['display']}; expect different numbers on other data.",
     ]
     if truncated:
         worst = max(truncated.values())
         limitations.append(
-            f"Inputs are cut at {recipe.get('dataset', {}).get('max_length')} tokens; up to {worst:.1%} of the "
+            f"Inputs are cut at {inputs.recipe.dataset.max_length} tokens; up to {worst:.1%} of the "
             "examples of a split were truncated during training and evaluation."
         )
     if labels:
         limitations.append(
-            f"The model only knows the labels {', '.join(labels)}; every input gets one of them, relevant or not."
+            f"The model only knows the labels {', '.join(map(str, labels))}; every input gets one of them, relevant "
+            "or not."
         )
     if not ds["hub_id"]:
         limitations.append(
@@ -253,39 +259,95 @@ def _context(inputs: CardInputs) -> dict[str, Any]:
             "The LoRA adapter was merged into the base weights before upload (outputs checked against the adapter "
             "before publishing); the adapter itself is not in this repo."
         )
-    versions = manifest.get("versions") or {}
+    return limitations
+
+
+def _dataset_shown(ds: dict[str, Any]) -> dict[str, Any]:
+    """The dataset facts as the card body shows them (the metadata gets the raw values)."""
     return {
-        "title": inputs.repo_id.split("/")[-1],
-        "repo_id": inputs.repo_id,
+        "hub_id": ds["hub_id"] and md_text(ds["hub_id"]),
+        "display": md_text(ds["display"]),
+        "config": ds["config"] and code_span(ds["config"]),
+        "revision": ds["revision"] and code_span(ds["revision"]),
+        "commit": ds["commit"] and code_span(ds["commit"]),
+        "files": {md_text(role): code_span(path) for role, path in ds["files"].items()},
+    }
+
+
+def _usage(inputs: CardInputs, base_ref: str) -> dict[str, Any]:
+    """The "How to use" snippets: what the task says loads and feeds the model, as Python and shell literals."""
+    fields = inputs.fields
+    return {
+        "repo_id_py": python_str(inputs.repo_id),
+        "repo_id_sh": shlex.quote(inputs.repo_id),
+        "auto_model": fields.auto_model,
+        "auto_processor": fields.auto_processor,
+        "generates_text": fields.generates_text,
+        "image_input": fields.auto_processor == IMAGE_PROCESSOR,
+        "example_py": python_str(fields.predict_example),
+        "example_sh": shell_word(fields.predict_example),
+        "words_py": fields.example_words and json.dumps(list(fields.example_words)),  # a list of str literals
+        "base_ref_py": python_str(base_ref),
+        "base_revision_py": inputs.base_revision and python_str(inputs.base_revision),
+    }
+
+
+def _data(inputs: CardInputs, ds: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """The training-data section: labels, splits, dropped rows, token lengths, notes."""
+    report = inputs.data_report
+    counts = report.label_counts
+    roles = [r for r in ("train", "validation", "test") if r in counts]
+    label_rows = [[str(i), name] + [counts[r].get(name, 0) for r in roles] for i, name in enumerate(labels)]
+    split_rows = [(role, ds["split_names"].get(role, role), n) for role, n in report.split_sizes.items()]
+    return {
+        "dataset": _dataset_shown(ds),
+        "label_header": [md_text(h) for h in ["id", "label"] + [f"{r} {inputs.fields.label_counts_of}" for r in roles]],
+        "label_rows": [[md_text(cell) for cell in row] for row in label_rows],
+        "split_rows": [tuple(md_text(cell) for cell in row) for row in split_rows],
+        "dropped": sorted((md_text(reason), md_text(n)) for reason, n in report.dropped.items()),
+        "data_notes": [md_inline(_no_paths(n)) for n in list(ds["notes"]) + list(report.notes)],
+        "token_lengths": {k: v if isinstance(v, (int, float)) else md_text(v) for k, v in report.token_lengths.items()},
+    }
+
+
+def _groups(inputs: CardInputs) -> dict[str, Any]:
+    """The per-group scores table (token classification: one row per entity type)."""
+    columns, rows = _group_table(inputs)
+    title = inputs.fields.score_group_title or ""
+    return {
+        "group_title": md_text(title), "group_header": [md_text(h) for h in [title] + columns],
+        "group_rows": [[md_text(cell) for cell in row] for row in rows],
+    }
+
+
+def _context(inputs: CardInputs) -> dict[str, Any]:
+    """The template's variables, each escaped for the place it is rendered (see the helpers above)."""
+    recipe, manifest, ev = inputs.recipe, inputs.manifest, inputs.eval_results
+    ds = _dataset(inputs)
+    labels = (manifest.labels or ev.labels or []) if inputs.fields.has_labels else []
+    truncated = {k: v for k, v in inputs.data_report.truncated_share.items() if v}
+    base_ref = inputs.base_model or recipe.model.name or "a local model"
+    return {
+        **_usage(inputs, base_ref),
+        **_data(inputs, ds, labels),
+        "title": md_text(inputs.repo_id.split("/")[-1]),
         "kind": inputs.kind,
-        "task": inputs.task,
-        "auto_model": inputs.auto_model,
-        "base_ref": inputs.base_model or (recipe.get("model", {}).get("name") or "a local model"),
-        "base_is_hub": inputs.base_model is not None,
-        "base_revision": inputs.base_revision,
-        "license_source": inputs.license_source,
-        "dataset": ds,
-        "labels": labels,
-        "label_header": ["id", "label"] + [f"{r} {COUNTED_UNITS.get(inputs.task, 'rows')}" for r in roles],
-        "label_rows": label_rows,
-        "example_label": labels[0] if labels else None,
-        "split_rows": split_rows,
-        "dropped": sorted((report.get("dropped") or {}).items()),
-        "data_notes": [_no_paths(n) for n in list(ds["notes"]) + list(report.get("notes") or [])],
-        "token_lengths": tl,
-        "truncated": truncated,
-        "hyper": [(k, _fmt(v)) for k, v in hyper if v is not None],
-        "eval_split": ev.get("split"),
-        "eval_examples": ev.get("num_examples"),
-        "eval_rows": _metric_rows({k: v for k, v in (ev.get("metrics") or {}).items() if GROUP_SEPARATOR not in k}),
-        "group_title": GROUP_TITLES.get(inputs.task, "group"),
-        "group_header": [GROUP_TITLES.get(inputs.task, "group")] + group_columns,
-        "group_rows": group_rows,
-        "versions": sorted(versions.items()),
+        "task": md_text(inputs.task),
+        "base_ref": md_text(base_ref),
+        "license": md_text(inputs.license),
+        "license_source": md_text(inputs.license_source),
+        "truncated": {md_text(role): share for role, share in truncated.items()},
+        "hyper": [(k, md_text(_fmt(v))) for k, v in _hyperparameters(inputs)],
+        "eval_split": md_text(ev.split),
+        "eval_examples": md_text(ev.num_examples),
+        "eval_rows": [(md_text(name), value) for name, value in _metric_rows(_overall(inputs))],
+        **_groups(inputs),
+        "versions": sorted((md_text(k), md_text(v)) for k, v in manifest.versions.items()),
         "has_loss_curve": inputs.has_loss_curve,
         "recipe_yaml": inputs.recipe_yaml.rstrip("\n"),
-        "limitations": limitations,
-        "notes": inputs.notes,
+        "recipe_fence": code_fence(inputs.recipe_yaml),
+        "limitations": [md_text(item) for item in _limitations(inputs, ds, labels, truncated)],
+        "notes": [md_inline(note) for note in inputs.notes],
     }
 
 

@@ -1,0 +1,1 @@
+"""`hft push`'s building blocks: safety checks, sanitizing, run inspection, uploads, merge, Hub commit, verify, card."""
