@@ -12,4 +12,5 @@ SCENARIOS = {
     "startup": "startup",
     "preprocess": "preprocess",
     "lora-memory": "lora_memory",
+    "deploy": "deploy",
 }

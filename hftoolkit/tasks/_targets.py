@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
 REGRESSION = "regression"
+DEFAULT_THRESHOLD = 0.5  # evaluation.threshold's default; also what predict uses where no recipe is at hand (an export)
 DEFAULT_METRICS = {
     SINGLE_LABEL: ("accuracy", "f1"),
     MULTI_LABEL: ("multilabel_f1", "exact_match_accuracy"),

@@ -120,6 +120,18 @@ class Task(Protocol):
     def card_fields(self) -> CardFields:
         """What the model card needs from the task."""
 
+    # Deploy (`hft export`, `hft serve`).
+    serve_kind: str | None  # shape of /v1/predict requests and responses: "text", "image" (base64), "generate"
+    # (token classification: "entities"); None = the task cannot be exported or served yet
+    onnx_servable: bool  # `hft serve EXPORT_DIR` can answer from the ONNX graph (causal LM: no KV cache, so no)
+
+    def export_recipe(self, recipe: Recipe) -> Recipe:
+        """The recipe the task's collator is built from for export and parity batches (causal LM: padded rows, never
+        packed ones, so every row has an attention mask)."""
+
+    def onnx_usage(self, model_file: str, processor: Any, config: Any) -> str:
+        """Markdown for the export's README: how to run `model_file` with onnxruntime (and tokenizers) alone."""
+
 
 # Texts `probe_inputs` feeds text models: positive, negative and neutral, so a broken merge shows in the logits.
 PROBE_TEXTS = (
@@ -149,6 +161,9 @@ class TaskBase:
     - `label_counts_of`: what the label table counts per split ("rows", or "words" for word-level tags);
     - `score_group_title`: what scores named `GROUP/metric` are per ("entity type"): they get a table of their own
       (None: the task has no per-group scores).
+
+    Deploy: a task sets `serve_kind` (and `onnx_servable`, `onnx_usage`) to be exported and served; the default
+    None refuses both with one line.
     """
 
     name: str
@@ -167,6 +182,8 @@ class TaskBase:
     processor_kind: str = "tokenizer"
     column_roles: dict[str, str] = {}
     recipe_fields: dict[str, tuple[Any, Any]] = {}
+    serve_kind: str | None = None
+    onnx_servable: bool = False
 
     def check_recipe(self, recipe: Recipe) -> list[str]:
         return []
@@ -212,6 +229,12 @@ class TaskBase:
             enc = processor(text, return_tensors="pt", truncation=True, max_length=max_length)
             out.append({k: v for k, v in enc.items() if isinstance(v, torch.Tensor)})
         return out
+
+    def export_recipe(self, recipe: Recipe) -> Recipe:
+        return recipe
+
+    def onnx_usage(self, model_file: str, processor: Any, config: Any) -> str:
+        return ""
 
     def card_fields(self) -> CardFields:
         return CardFields(

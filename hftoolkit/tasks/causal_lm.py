@@ -42,6 +42,23 @@ LENGTH_SAMPLE = 10000  # training examples the token-length statistics are compu
 # More new tokens than the longest context of the model families hft fine-tunes (Llama 3: 128k) is a typo.
 MAX_NEW_TOKENS = 131_072
 
+# The export's README (`hft export`): scoring with the ONNX graph, and where to generate instead.
+ONNX_USAGE = '''```python
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+tokenizer = Tokenizer.from_file("tokenizer.json")
+session = ort.InferenceSession("{model_file}", providers=["CPUExecutionProvider"])
+ids = tokenizer.encode({text!r}).ids
+logits = session.run(["logits"], {{"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64)}})[0]
+print(tokenizer.decode([int(logits[0, -1].argmax())]))  # the most likely next token
+```
+
+This graph scores a whole sequence per call (no KV cache), which is right for scoring and ranking but slow for
+generation. To generate text, publish the merged weights (`hft push RUN --merge`) and serve them with vLLM, TGI or
+transformers, or run `hft serve RUN_DIR`.'''
+
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -161,6 +178,8 @@ class CausalLM(TaskBase):
         "response": "the response of a prompt/response pair (SFT)",
     }
     recipe_fields = RECIPE_FIELDS
+    serve_kind = "generate"
+    onnx_servable = False  # the graph has no KV cache: `hft serve` generates from the run directory
 
     def check_recipe(self, recipe: Recipe) -> list[str]:
         c, ds = recipe.dataset.columns, recipe.dataset
@@ -409,6 +428,17 @@ class CausalLM(TaskBase):
         ]
         write_atomic(Path(out_dir) / SAMPLES, "\n".join(lines) + "\n")
         return [SAMPLES]
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Deploy
+
+    def export_recipe(self, recipe: Recipe) -> Recipe:
+        # Packed rows carry position_ids instead of an attention mask: export one sequence per row.
+        dataset = recipe.dataset.model_copy(update={"batching": "padded"})
+        return recipe.model_copy(update={"dataset": dataset})
+
+    def onnx_usage(self, model_file: str, tokenizer: Any, config: Any) -> str:
+        return ONNX_USAGE.format(model_file=model_file, text="The history of")
 
 
 TASK = CausalLM()
