@@ -15,4 +15,5 @@ SCENARIOS = {
     "qlora-memory": "qlora_memory",
     "dpo-overhead": "dpo_overhead",
     "preference-defaults": "preference_defaults",
+    "deploy": "deploy",
 }

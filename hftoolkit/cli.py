@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import traceback
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable, List, Optional
 
@@ -19,6 +20,10 @@ import typer
 from typer.core import TyperCommand
 
 from hftoolkit import __version__
+from hftoolkit.commands.export import DEFAULT_MAX_DIFF, DEFAULT_MAX_DROP, QUANTIZE_CHOICES
+from hftoolkit.deploy.limits import (
+    DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_INPUTS, DEFAULT_MAX_WAIT_MS, ServeSettings,
+)
 from hftoolkit.errors import HftError
 
 app = typer.Typer(
@@ -52,6 +57,7 @@ RevisionOpt = Annotated[Optional[str], typer.Option(
 )]
 _OVERRIDE_ORDER = "hft.override_order"
 
+Quantize = Enum("Quantize", {name: name for name in QUANTIZE_CHOICES}, type=str)  # --quantize choices
 
 class _OrderedOverrides(TyperCommand):
     """Records the command-line order of --set and --unset: click hands each option's values over separately."""
@@ -253,6 +259,10 @@ def push(
     commit_message: Optional[str] = typer.Option(None, "--commit-message", help="Commit title (default: hft push: KIND of run NAME)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the model card and the exact file list; no network."),
     verify: bool = typer.Option(False, "--verify", help="Download the pushed revision, load it as the card says, compare predictions."),
+    with_onnx: Optional[Path] = typer.Option(
+        None, "--with-onnx", metavar="EXPORT_DIR",
+        help="Also publish this run's `hft export` folder under onnx/ (same commit); the card gets an ONNX section.",
+    ),
     token: Optional[str] = typer.Option(None, "--token", hidden=True, callback=_refuse_token_option, expose_value=False),
 ) -> None:
     """Publish a run to the Hugging Face Hub: adapter (or merged model), model card, results, recipe; one commit."""
@@ -262,9 +272,58 @@ def push(
 
         result = do_push(
             run_dir, repo_id, private=private, merge=merge, revision=revision, create_pr=create_pr,
-            commit_message=commit_message, dry_run=dry_run, verify=verify,
+            commit_message=commit_message, dry_run=dry_run, verify=verify, with_onnx=with_onnx,
         )
         print_result(result, typer.echo)
+
+    _run(body)
+
+
+@app.command()
+def export(
+    run_dir: RunArg,
+    onnx: Path = typer.Option(..., "--onnx", help="Folder to write the ONNX export to (new, empty, or an earlier export)."),
+    quantize: Optional[Quantize] = typer.Option(
+        None, "--quantize", help="Also write model.int8.onnx (ONNX Runtime dynamic "
+        "quantization) after scoring it on the whole evaluation split."
+    ),
+    opset: Optional[int] = typer.Option(None, "--opset", min=1, help="ONNX opset to ask for (the exporter may raise it; 18 at least)."),
+    max_diff: float = typer.Option(DEFAULT_MAX_DIFF, "--max-diff", min=0.0, help="Largest |logit difference| ONNX Runtime vs PyTorch allowed."),
+    max_drop: float = typer.Option(DEFAULT_MAX_DROP, "--max-drop", min=0.0, help="Largest int8 metric drop allowed, in points."),
+    force: bool = typer.Option(False, "--force", help="Write the int8 model even when its metric drop is over --max-drop."),
+) -> None:
+    """Export a trained run to ONNX (LoRA merged), parity-checked against PyTorch; optionally int8."""
+
+    def body():
+        from hftoolkit.commands.export import ExportOptions, summary_lines
+        from hftoolkit.commands.export import export as do_export
+
+        options = ExportOptions(quantize=quantize.value if quantize else None, opset=opset, max_diff=max_diff, max_drop=max_drop, force=force)
+        for line in summary_lines(*do_export(run_dir, onnx, options)):
+            typer.echo(line)
+
+    _run(body)
+
+
+@app.command()
+def serve(
+    target: str = typer.Argument(..., help="Run directory, `hft export` folder (served with ONNX Runtime) or Hub repo id."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    max_batch: int = typer.Option(DEFAULT_MAX_BATCH, "--max-batch", min=1, help="Most inputs per model call (1 = no micro-batching)."),
+    max_wait_ms: float = typer.Option(DEFAULT_MAX_WAIT_MS, "--max-wait-ms", min=0.0, help="Longest a request waits for others to batch with."),
+    max_inputs: int = typer.Option(DEFAULT_MAX_INPUTS, "--max-inputs", min=1, help="Most inputs in one request (more: 422)."),
+    max_body_kb: int = typer.Option(DEFAULT_MAX_BODY_BYTES // 1024, "--max-body-kb", min=1, help="Largest request body in KiB (more: 413)."),
+    int8: bool = typer.Option(False, "--int8", help="With an export folder: serve model.int8.onnx instead of model.onnx."),
+) -> None:
+    """Serve a trained model over HTTP: /v1/predict, /v1/chat/completions (causal LM), /healthz, /metrics, /docs."""
+
+    def body():
+        from hftoolkit.commands.serve import serve as do_serve
+
+        settings = ServeSettings(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                 max_inputs=max_inputs, max_body_bytes=max_body_kb * 1024)
+        do_serve(target, settings, int8=int8)
 
     _run(body)
 

@@ -63,6 +63,14 @@ class PlanError(HftError):
     """The training plan cannot be what was meant: too many optimizer steps, or accumulation over more than the data."""
 
 
+class ExportError(HftError):
+    """`hft export` was refused (parity, metric drop, opset, OUT_DIR) or failed; nothing was written."""
+
+
+class ServeError(HftError):
+    """`hft serve` cannot serve this target (e.g. a causal-LM ONNX export, which has no KV cache for generation)."""
+
+
 class TrainingInterrupted(HftError):
     """Training stopped on SIGTERM/SIGINT after saving a checkpoint; `hft finetune RECIPE --resume` continues it.
 

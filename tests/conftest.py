@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,12 +25,17 @@ from tests.fixtures import REPO, build_tiny_bert, build_tiny_vit, colour_imagefo
 SHARED = Path(os.environ.get("HFT_SHARED", REPO.parent / "shared"))
 
 
+# Set at import, before any test module is collected: huggingface_hub and datasets fix their cache paths when they
+# are first imported, and some test modules import them at the top.
+_HF_HOME = Path(tempfile.mkdtemp(prefix="hft-tests-hf-home-"))
+os.environ["HF_HOME"] = str(_HF_HOME)
+os.environ["HF_DATASETS_CACHE"] = str(_HF_HOME / "datasets")
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_hf_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("hf_home")
-    os.environ["HF_HOME"] = str(home)
-    os.environ["HF_DATASETS_CACHE"] = str(home / "datasets")
-    yield home
+def _isolated_hf_home():
+    yield _HF_HOME
+    shutil.rmtree(_HF_HOME, ignore_errors=True)  # the suite's own temp folder, made above
 
 
 @pytest.fixture(scope="session")

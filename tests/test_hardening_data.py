@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hftoolkit.cli import app
+from tests.cli_helpers import refused_line as refused
 from tests.fixtures import build_tiny_gpt2, causal_lm_recipe, text_cls_recipe, write_jsonl
 
 runner = CliRunner()
@@ -25,17 +26,6 @@ def rows(n: int, start: int = 0) -> list[dict]:
 
 def hft(*args: str):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def refused(result, *expected: str) -> str:
-    """Exit code 2, one `error:` line, no traceback, and every expected fragment in it."""
-    out = result.output
-    assert result.exit_code == 2, out
-    assert "Traceback" not in out, out
-    line = next(line for line in out.splitlines() if line.startswith("error: "))
-    for fragment in expected:
-        assert fragment in line, line
-    return line
 
 
 @pytest.fixture

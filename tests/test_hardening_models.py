@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from hftoolkit.cli import app
 from tests.conftest import run_hft
+from tests.cli_helpers import refused_line as refused
 from tests.fixtures import build_tiny_gpt2, build_tiny_llama, small_reviews, text_cls_recipe
 
 runner = CliRunner()
@@ -32,16 +33,6 @@ def predictions(result) -> list[dict]:
     """The `--json` lines of `hft predict` (stderr progress bars may share a line with them in CliRunner output)."""
     assert result.exit_code == 0, result.output
     return [json.loads(line[line.index('{"input"'):]) for line in result.output.splitlines() if '{"input"' in line]
-
-
-def refused(result, *expected: str) -> str:
-    out = result.output
-    assert result.exit_code == 2, out
-    assert "Traceback" not in out, out
-    line = next(line for line in out.splitlines() if line.startswith("error: "))
-    for fragment in expected:
-        assert fragment in line, line
-    return line
 
 
 @pytest.fixture

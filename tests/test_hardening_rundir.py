@@ -8,39 +8,16 @@ replaced by `--overwrite`, and a symlink inside it is removed as a link while it
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_hft
+from tests.cli_helpers import hft_cli, refused
 from tests.fixtures import text_cls_recipe
 
 FAST = {"training": {"epochs": 1}, "dataset": {"max_samples": {"train": 48, "validation": 16, "test": 16}}}
-
-
-def hft_cli(*args: object):
-    """The CLI in process; the logger it points at the captured stderr is restored afterwards."""
-    from typer.testing import CliRunner
-
-    from hftoolkit.cli import app
-
-    logger = logging.getLogger("hftoolkit")
-    handlers = logger.handlers[:]
-    try:
-        return CliRunner().invoke(app, [str(a) for a in args])
-    finally:
-        logger.handlers[:] = handlers
-
-
-def refused(result, *fragments: str) -> str:
-    text = result.output
-    assert result.exit_code == 2, text
-    assert "Traceback" not in text and text.count("error: ") == 1, text
-    for fragment in fragments:
-        assert fragment in text, text
-    return text
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -6,30 +6,16 @@ is read or written. A Hub cache snapshot, whose files link to `../../blobs/` on 
 from __future__ import annotations
 
 import hashlib
-import logging
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.cli_helpers import hft_cli
 from tests.fixtures import text_cls_recipe
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 FAST = {"dataset": {"max_samples": {"train": 32, "validation": 16, "test": 16}}}
-
-
-def hft_cli(*args: object):
-    """The CLI in process; the logger it points at the captured stderr is restored afterwards."""
-    from typer.testing import CliRunner
-
-    from hftoolkit.cli import app
-
-    logger = logging.getLogger("hftoolkit")
-    handlers = logger.handlers[:]
-    try:
-        return CliRunner().invoke(app, [str(a) for a in args])
-    finally:
-        logger.handlers[:] = handlers
 
 
 def _linked_model(tiny_bert: Path, tmp_path: Path, name: str) -> tuple[Path, Path]:

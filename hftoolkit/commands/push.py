@@ -9,6 +9,8 @@ The order is deliberate: everything that can be refused is refused before the ne
 4. for --merge, the adapter is merged and the merged logits are checked against the adapter's (publish/merge.py);
 5. one `create_commit` pinned to the branch head compared against; unchanged runs are a no-op (publish/hub_commit.py).
 `--verify` then downloads the pushed revision, loads it the way the card says and compares predictions (verify.py).
+`--with-onnx EXPORT_DIR` adds an `hft export` of the same run under `onnx/` of that one commit, and an ONNX section to
+the card (publish/onnx.py), checked with everything else in steps 1-3.
 
 Tokens come only from huggingface_hub's own lookup (HF_TOKEN or `hf auth login`); they are never printed or written.
 An adapter push without --verify never imports torch.
@@ -27,6 +29,7 @@ from hftoolkit.publish.checks import check_branch, check_commit_text, check_uplo
 from hftoolkit.publish.hub_commit import MAIN_BRANCH, SHORT_SHA, CommitOutcome, commit_uploads, hub_problem
 from hftoolkit.publish.inspect import MERGED, RunFacts, inspect_run, local_markers
 from hftoolkit.publish.merge import merge_adapter
+from hftoolkit.publish.onnx import onnx_part
 from hftoolkit.publish.uploads import Upload, build_uploads, merged_weights_placeholder
 from hftoolkit.publish.verify import verify_push
 from hftoolkit.repo_ids import require_repo_id
@@ -51,9 +54,10 @@ class PushResult:
 def push(
     run_path: str | Path, repo_id: str, *, private: bool = False, merge: bool = False, revision: str | None = None,
     create_pr: bool = False, commit_message: str | None = None, dry_run: bool = False, verify: bool = False,
-    progress: Callable[[str], None] = log.info,
+    with_onnx: str | Path | None = None, progress: Callable[[str], None] = log.info,
 ) -> PushResult:
     facts, message, description = _checked_run(run_path, repo_id, merge, revision, commit_message)
+    onnx = onnx_part(with_onnx, facts) if with_onnx is not None else None
     if not dry_run:
         _require_hub_access()
     with tempfile.TemporaryDirectory(prefix="hft-push-") as tmp:
@@ -62,7 +66,7 @@ def push(
             progress("merging the LoRA adapter into the base model")
             model_folder = Path(tmp) / "merged"
             merge_check = merge_adapter(facts, model_folder)
-        uploads, skipped, card = build_uploads(facts, repo_id, model_folder, offline=dry_run)
+        uploads, skipped, card = build_uploads(facts, repo_id, model_folder, offline=dry_run, onnx=onnx)
         if facts.kind == MERGED and dry_run:
             uploads = sorted([*uploads, merged_weights_placeholder()], key=lambda u: u.path_in_repo)
         check_uploads([u for u in uploads if not u.pending_merge], local_markers(facts))

@@ -62,6 +62,7 @@ class CardInputs:
     has_loss_curve: bool = True
     lora_targets: list[str] | None = None  # the modules the adapter was applied to (from adapter_config.json)
     notes: list[str] = field(default_factory=list)  # what push changed for publication (paths shortened ...)
+    onnx: dict[str, Any] | None = None  # --with-onnx: the ONNX section, already escaped (publish/onnx.py)
 
 
 def license_problem(value: str | None, field_name: str = "license") -> str | None:
@@ -366,6 +367,7 @@ def _context(inputs: CardInputs) -> dict[str, Any]:
         "has_loss_curve": inputs.has_loss_curve,
         "trainer": trainer_phrase(recipe),
         "quantized": quantized_loading(recipe),
+        "onnx": inputs.onnx,
         "recipe_yaml": inputs.recipe_yaml.rstrip("\n"),
         "recipe_fence": code_fence(inputs.recipe_yaml),
         "limitations": [md_text(item) for item in _limitations(inputs, ds, labels, truncated)],

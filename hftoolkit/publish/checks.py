@@ -36,7 +36,7 @@ def _link_problem(link: Path, root: Path, shown: str) -> str:
     return f"{shown}: a symlink to {inside} (publishing follows no links)"
 
 
-def _file_problem(path: Path, shown: str) -> str | None:
+def file_problem(path: Path, shown: str) -> str | None:
     if is_secret_file_name(path.name):
         return f"{shown}: a credentials file by its name"
     if looks_like_pickle(path):
@@ -56,7 +56,7 @@ def preflight(run: RunDir) -> None:
         if rel.parts[0] in UNPUBLISHED_DIRS:
             continue
         shown = rel.as_posix()
-        problem = _link_problem(path, run.path, shown) if path.is_symlink() else _file_problem(path, shown)
+        problem = _link_problem(path, run.path, shown) if path.is_symlink() else file_problem(path, shown)
         if problem:
             problems.append(problem)
     if problems:

@@ -151,8 +151,9 @@ def _lora_targets(model_dir: Path) -> list[str] | None:
     return sorted(set(targets)) if isinstance(targets, list) else None
 
 
-def card_inputs(facts: RunFacts, repo_id: str, *, offline: bool):
-    """Everything the card says, from the run's records made public (paths shortened, revisions pinned)."""
+def card_inputs(facts: RunFacts, repo_id: str, *, offline: bool, onnx: dict[str, Any] | None = None):
+    """Everything the card says, from the run's records made public (paths shortened, revisions pinned), and the
+    ONNX export's facts with --with-onnx."""
     import yaml
 
     from hftoolkit.publish.card import CardInputs
@@ -175,5 +176,5 @@ def card_inputs(facts: RunFacts, repo_id: str, *, offline: bool):
         license=license_id, license_source=license_source, base_model=facts.base_model,
         base_revision=facts.base_revision, language=language if isinstance(language, (str, list)) else None,
         dataset_id=None if is_local_dataset(facts.recipe.dataset.name) else facts.recipe.dataset.name,
-        has_loss_curve=run.loss_curve.is_file(), notes=notes, lora_targets=_lora_targets(run.model),
+        has_loss_curve=run.loss_curve.is_file(), notes=notes, lora_targets=_lora_targets(run.model), onnx=onnx,
     )

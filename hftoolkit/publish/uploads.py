@@ -19,6 +19,7 @@ from hftoolkit.run.records import read_json_file
 
 if TYPE_CHECKING:
     from hftoolkit.publish.inspect import RunFacts
+    from hftoolkit.publish.onnx import OnnxPart
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 WEIGHT_FILES = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$|^model\.safetensors\.index\.json$")
@@ -92,7 +93,7 @@ def merged_weights_placeholder() -> Upload:
     return Upload(MERGED_WEIGHTS, "merged at push time (base + adapter, PEFT merge_and_unload)", pending_merge=True)
 
 
-def _local_name_or_path(path: Path) -> str | None:
+def public_name_or_path(path: Path) -> str | None:
     """transformers may record the folder a config was loaded from; that names this machine. Its public form or None."""
     from hftoolkit.publish.sanitize import public_path
 
@@ -115,7 +116,7 @@ def _model_file_upload(path: Path, folder: Path, facts: RunFacts) -> Upload:
         config["base_model_name_or_path"] = facts.base_model
         config["revision"] = facts.base_revision
         return Upload(name, f"model/{name} (base_model_name_or_path: {facts.base_model})", data=json_bytes(config, True))
-    short = _local_name_or_path(path) if name.endswith(".json") else None
+    short = public_name_or_path(path) if name.endswith(".json") else None
     if short is not None:
         data = read_json_file(path)
         data["_name_or_path"] = short
@@ -135,8 +136,10 @@ def model_folder_uploads(folder: Path, facts: RunFacts, boundary: Path) -> tuple
     return uploads, skipped
 
 
-def build_uploads(facts: RunFacts, repo_id: str, model_folder: Path, *, offline: bool) -> tuple[list[Upload], list[str], str]:
-    """Every file of the commit, the names left out, and the card text."""
+def build_uploads(
+    facts: RunFacts, repo_id: str, model_folder: Path, *, offline: bool, onnx: OnnxPart | None = None
+) -> tuple[list[Upload], list[str], str]:
+    """Every file of the commit (with --with-onnx, the export under onnx/), the names left out, and the card text."""
     from hftoolkit.publish.card import render_card, validate_card
     from hftoolkit.publish.inspect import card_inputs
 
@@ -152,7 +155,7 @@ def build_uploads(facts: RunFacts, repo_id: str, model_folder: Path, *, offline:
     for path in (run.eval_results, run.data_report, run.loss_curve):
         if path.exists() or path.is_symlink():
             require_inside(path, run.path, "file to publish")
-    inputs = card_inputs(facts, repo_id, offline=offline)
+    inputs = card_inputs(facts, repo_id, offline=offline, onnx=onnx.card if onnx else None)
     card = render_card(inputs)
     validate_card(card, kind=facts.kind)
     uploads += [
@@ -163,6 +166,8 @@ def build_uploads(facts: RunFacts, repo_id: str, model_folder: Path, *, offline:
     ]
     if inputs.has_loss_curve:
         uploads.append(Upload("loss_curve.png", "loss_curve.png", file=run.loss_curve))
+    if onnx:
+        uploads += onnx.uploads
     published = {"model", *RUN_FILES}
     skipped += sorted(
         p.name + ("/" if p.is_dir() else "") for p in run.path.iterdir() if p.name not in published and not p.name.startswith(".")

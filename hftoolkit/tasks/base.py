@@ -112,6 +112,18 @@ class Task(Protocol):
     def card_fields(self) -> CardFields:
         """What the model card needs from the task."""
 
+    # Deploy (`hft export`, `hft serve`).
+    serve_kind: str | None  # shape of /v1/predict requests and responses: "text", "image" (base64), "generate"
+    # (token classification: "entities"); None = the task cannot be exported or served yet
+    onnx_servable: bool  # `hft serve EXPORT_DIR` can answer from the ONNX graph (causal LM: no KV cache, so no)
+
+    def export_recipe(self, recipe: Recipe) -> Recipe:
+        """The recipe the task's collator is built from for export and parity batches (causal LM: padded rows, never
+        packed ones, so every row has an attention mask)."""
+
+    def onnx_usage(self, model_file: str, processor: Any, config: Any) -> str:
+        """Markdown for the export's README: how to run `model_file` with onnxruntime (and tokenizers) alone."""
+
 
 # Texts `probe_inputs` feeds text models: positive, negative and neutral, so a broken merge shows in the logits.
 PROBE_TEXTS = (
@@ -132,6 +144,9 @@ class TaskBase:
     - `generates_text`: the snippet calls `model.generate` (else it prints the argmax label's name);
     - `has_labels`: the card has a label table (classification);
     - `predict_example`: the input of the card's `hft predict REPO <input>` example.
+
+    Deploy: a task sets `serve_kind` (and `onnx_servable`, `onnx_usage`) to be exported and served; the default
+    None refuses both with one line.
     """
 
     name: str
@@ -147,6 +162,8 @@ class TaskBase:
     processor_kind: str = "tokenizer"
     column_roles: dict[str, str] = {}
     recipe_fields: dict[str, tuple[Any, Any]] = {}
+    serve_kind: str | None = None
+    onnx_servable: bool = False
 
     def check_recipe(self, recipe: Recipe) -> list[str]:
         return []
@@ -184,6 +201,12 @@ class TaskBase:
             enc = processor(text, return_tensors="pt", truncation=True, max_length=max_length)
             out.append({k: v for k, v in enc.items() if isinstance(v, torch.Tensor)})
         return out
+
+    def export_recipe(self, recipe: Recipe) -> Recipe:
+        return recipe
+
+    def onnx_usage(self, model_file: str, processor: Any, config: Any) -> str:
+        return ""
 
     def card_fields(self) -> CardFields:
         return CardFields(

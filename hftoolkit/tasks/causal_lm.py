@@ -22,8 +22,9 @@ from hftoolkit.data import require_columns
 from hftoolkit.errors import ModelError
 from hftoolkit.recipe.base import Section, no_blank_entries
 from hftoolkit.recipe_tuning import PREFERENCE_FIELDS, preference_problems
-from hftoolkit.tasks._chat import ChatFormat, check_conversations
+from hftoolkit.tasks._chat import ChatFormat, chat_mode, check_conversations
 from hftoolkit.tasks._packing import IGNORE_INDEX, cut_blocks, pack_rows
+from hftoolkit.tasks._preference import build_features, check_pairs
 from hftoolkit.tasks._text import check_texts, ensure_pad_token, length_stats, tokenizer_identity, warn_image_paths
 from hftoolkit.tasks.base import TaskBase
 
@@ -43,15 +44,26 @@ LENGTH_SAMPLE = 10000  # training examples the token-length statistics are compu
 # More new tokens than the longest context of the model families hft fine-tunes (Llama 3: 128k) is a typo.
 MAX_NEW_TOKENS = 131_072
 
+# The export's README (`hft export`): scoring with the ONNX graph, and where to generate instead.
+ONNX_USAGE = '''```python
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+tokenizer = Tokenizer.from_file("tokenizer.json")
+session = ort.InferenceSession("{model_file}", providers=["CPUExecutionProvider"])
+ids = tokenizer.encode({text!r}).ids
+logits = session.run(["logits"], {{"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64)}})[0]
+print(tokenizer.decode([int(logits[0, -1].argmax())]))  # the most likely next token
+```
+
+This graph scores a whole sequence per call (no KV cache), which is right for scoring and ranking but slow for
+generation. To generate text, publish the merged weights (`hft push RUN --merge`) and serve them with vLLM, TGI or
+transformers, or run `hft serve RUN_DIR`.'''
+
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _chat_mode(options: dict[str, Any], tokenizer: Any) -> bool:
-    """Whether prompts are user messages: as the options say, or (None) when the tokenizer has a chat template."""
-    chat = options.get("chat")
-    return bool(getattr(tokenizer, "chat_template", None)) if chat is None else bool(chat)
 
 
 class GenerationSection(Section):
@@ -164,6 +176,8 @@ class CausalLM(TaskBase):
         "rejected": "the dispreferred completion of a preference pair (DPO / ORPO), the same kind as chosen",
     }
     recipe_fields = {**RECIPE_FIELDS, **PREFERENCE_FIELDS}
+    serve_kind = "generate"
+    onnx_servable = False  # the graph has no KV cache: `hft serve` generates from the run directory
 
     def check_recipe(self, recipe: Recipe) -> list[str]:
         c, ds = recipe.dataset.columns, recipe.dataset
@@ -201,8 +215,6 @@ class CausalLM(TaskBase):
 
     def prepare(self, splits: dict[str, Dataset], recipe: Recipe, report: DataReport) -> None:
         if recipe.training.objective != "sft":  # DPO / ORPO pairs (TRL tokenizes them)
-            from hftoolkit.tasks._preference import check_pairs
-
             return check_pairs(splits, recipe, report)
         c = recipe.dataset.columns
         wanted = {"text": c.text, "messages": c.messages, "prompt": c.prompt, "response": c.response}
@@ -223,8 +235,6 @@ class CausalLM(TaskBase):
 
     def preprocess(self, splits: dict[str, Dataset], recipe: Recipe, tokenizer: Any, report: DataReport) -> dict[str, Dataset]:
         if recipe.training.objective != "sft":
-            from hftoolkit.tasks._preference import build_features
-
             return build_features(splits, recipe, tokenizer, report)
         ds, c = recipe.dataset, recipe.dataset.columns
         chat = None
@@ -371,7 +381,7 @@ class CausalLM(TaskBase):
         import torch
         from transformers import GenerationConfig
 
-        chat = _chat_mode(options, tokenizer)
+        chat = chat_mode(options, tokenizer)
         do_sample = bool(options.get("do_sample", False))
         # A complete config: the base checkpoint's own generation defaults (e.g. a repetition penalty) do not leak in.
         config = GenerationConfig(
@@ -417,13 +427,24 @@ class CausalLM(TaskBase):
         options = self.predict_options(recipe)
         results = self.predict(model, tokenizer, prompts, options)
         settings = {k: options[k] for k in ("max_new_tokens", "do_sample", "temperature", "top_p")}
-        settings["chat"] = _chat_mode(options, tokenizer)
+        settings["chat"] = chat_mode(options, tokenizer)
         lines = [
             json.dumps({"prompt": r["input"], "generated_text": r["generated_text"], **settings}, ensure_ascii=False)
             for r in results
         ]
         write_atomic(Path(out_dir) / SAMPLES, "\n".join(lines) + "\n")
         return [SAMPLES]
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Deploy
+
+    def export_recipe(self, recipe: Recipe) -> Recipe:
+        # Packed rows carry position_ids instead of an attention mask: export one sequence per row.
+        dataset = recipe.dataset.model_copy(update={"batching": "padded"})
+        return recipe.model_copy(update={"dataset": dataset})
+
+    def onnx_usage(self, model_file: str, tokenizer: Any, config: Any) -> str:
+        return ONNX_USAGE.format(model_file=model_file, text="The history of")
 
 
 TASK = CausalLM()

@@ -31,8 +31,28 @@ CHECK_VERSION = 1
 DROP_REASON = "image failed to decode"
 PREDICT_BATCH = 32
 # probe_inputs: a few seeded noise images of this size (height, width) compare two models' logits.
-PROBE_IMAGES, PROBE_IMAGE_SIZE, PROBE_SEED = 3, (48, 48), 0
 PROBE_SEED, PROBE_IMAGES, PROBE_SIZE = 0, 3, (48, 48)  # probe_inputs: what `hft push --merge` compares logits on
+
+# The export's README (`hft export`): running model.onnx with onnxruntime and PIL alone.
+ONNX_USAGE = '''```python
+import json
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+session = ort.InferenceSession("{model_file}", providers=["CPUExecutionProvider"])
+id2label = json.load(open("config.json"))["id2label"]
+height, width, mean, std = {height}, {width}, np.array({mean}), np.array({std})
+
+image = Image.open("photo.jpg").convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+pixels = ((np.asarray(image, dtype=np.float32) / 255 - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+logits = session.run(["logits"], {{"pixel_values": pixels}})[0]
+print(id2label[str(int(logits[0].argmax()))])
+```
+
+`hft serve` and `hft predict` resize and centre-crop exactly as in training; this plain resize is close to it when
+the image is about square.'''
 
 
 def input_size(processor: Any) -> tuple[int, int]:
@@ -198,6 +218,8 @@ class ImageClassification(ClassificationTask):
     recipe_fields = {
         "dataset.skip_bad_images": (bool, Field(False, description="Skip images that fail to decode (counted in the data report).")),
     }
+    serve_kind = "image"
+    onnx_servable = True
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoImageProcessor
@@ -306,15 +328,6 @@ class ImageClassification(ClassificationTask):
         images = [Image.fromarray(rng.randint(0, 256, (*PROBE_SIZE, 3), dtype=np.uint8)) for _ in range(PROBE_IMAGES)]
         return [dict(processor(images=[im], return_tensors="pt")) for im in images]
 
-    def probe_inputs(self, processor: Any, max_length: int) -> list[dict[str, Any]]:
-        """Seeded noise images, each through the image processor on its own (max_length is for tokens: unused)."""
-        import numpy as np
-        from PIL import Image
-
-        rng = np.random.RandomState(PROBE_SEED)
-        images = [Image.fromarray(rng.randint(0, 256, (*PROBE_IMAGE_SIZE, 3), dtype=np.uint8)) for _ in range(PROBE_IMAGES)]
-        return [dict(processor(images=[im], return_tensors="pt")) for im in images]
-
     def predict(self, model: Any, processor: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
         import torch
         from datasets import Image
@@ -337,6 +350,12 @@ class ImageClassification(ClassificationTask):
                 logits = model(pixel_values=pixels).logits
             out += self.top_labels(model, logits, inputs[start : start + PREDICT_BATCH])
         return out
+
+    def onnx_usage(self, model_file: str, processor: Any, config: Any) -> str:
+        height, width = input_size(processor)
+        return ONNX_USAGE.format(
+            model_file=model_file, height=height, width=width, mean=list(processor.image_mean), std=list(processor.image_std)
+        )
 
 
 TASK = ImageClassification()

@@ -21,6 +21,37 @@ if TYPE_CHECKING:
 
 # Bump when the tokenization output changes, so cached features from older versions are not reused.
 PREPROCESS_VERSION = 1
+PREDICT_MAX_LENGTH = 512  # tokens `predict` keeps of each input (more is cut off)
+
+# The export's README (`hft export`): running model.onnx with onnxruntime and tokenizers alone.
+ONNX_USAGE = '''```python
+import json
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+tokenizer = Tokenizer.from_file("tokenizer.json")
+tokenizer.enable_padding(pad_id={pad_id}, pad_token={pad_token!r})
+tokenizer.enable_truncation(max_length={max_length})
+session = ort.InferenceSession("{model_file}", providers=["CPUExecutionProvider"])
+inputs = {{i.name for i in session.get_inputs()}}
+id2label = json.load(open("config.json"))["id2label"]
+
+texts = {texts!r}
+encodings = tokenizer.encode_batch(texts)
+feed = {{
+    "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+    "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+    "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+}}
+logits = session.run(["logits"], {{k: v for k, v in feed.items() if k in inputs}})[0]
+probs = np.exp(logits - logits.max(-1, keepdims=True))
+probs /= probs.sum(-1, keepdims=True)
+for text, p in zip(texts, probs):
+    print(id2label[str(int(p.argmax()))], round(float(p.max()), 4), text, sep="\\t")
+```'''
+USAGE_TEXTS = ["this works well.", "it broke after a day."]
 
 
 class TextClassification(ClassificationTask):
@@ -35,6 +66,8 @@ class TextClassification(ClassificationTask):
         "text_pair": "the second text of sentence pairs",
         "label": "the class label (ClassLabel, string or integer column)",
     }
+    serve_kind = "text"
+    onnx_servable = True
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoTokenizer
@@ -131,11 +164,22 @@ class TextClassification(ClassificationTask):
     def predict(self, model: Any, tokenizer: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
         import torch
 
-        enc = tokenizer(inputs, truncation=True, max_length=options.get("max_length", 512), padding=True, return_tensors="pt")
+        enc = tokenizer(inputs, truncation=True, max_length=options.get("max_length", PREDICT_MAX_LENGTH), padding=True, return_tensors="pt")
         enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.no_grad():
             logits = model(**enc).logits
         return self.top_labels(model, logits, inputs)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Deploy
+
+    def onnx_usage(self, model_file: str, tokenizer: Any, config: Any) -> str:
+        # The same cut `predict` makes, capped at what the model's positions allow.
+        positions = getattr(config, "max_position_embeddings", None) or PREDICT_MAX_LENGTH
+        return ONNX_USAGE.format(
+            model_file=model_file, pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,
+            max_length=min(PREDICT_MAX_LENGTH, positions), texts=USAGE_TEXTS,
+        )
 
 
 TASK = TextClassification()

@@ -1,0 +1,1 @@
+"""Deploying a trained run: ONNX export with parity checks, int8 quantization, and the HTTP inference server."""
