@@ -12,5 +12,8 @@ SCENARIOS = {
     "startup": "startup",
     "preprocess": "preprocess",
     "lora-memory": "lora_memory",
+    "qlora-memory": "qlora_memory",
+    "dpo-overhead": "dpo_overhead",
+    "preference-defaults": "preference_defaults",
     "deploy": "deploy",
 }

@@ -134,6 +134,10 @@ class Probe:
         self.cuda = torch.cuda.is_available()
         if model is not None:
             self.params = sum(p.numel() for p in model.parameters())
+            # Bytes of the weights and buffers as loaded (4-bit layers count as stored), whatever RSS says of them.
+            footprint = getattr(model, "get_memory_footprint", None)
+            if footprint is not None:
+                self.extra["weights_mb"] = footprint() / 2**20
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         self.rss_at_train_start = rss_mb()

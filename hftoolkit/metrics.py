@@ -15,7 +15,10 @@ from hftoolkit.errors import MetricError
 from hftoolkit.refs import OFFLINE_FLAG, hub_offline
 
 SHIPPED_DIR = Path(__file__).parent / "metric_modules"
-SHIPPED = ("accuracy", "f1", "precision", "recall", "perplexity", "next_token_accuracy")
+SHIPPED = (
+    "accuracy", "f1", "precision", "recall", "perplexity", "next_token_accuracy", "seqeval", "multilabel_f1",
+    "exact_match_accuracy", "mse", "pearsonr", "spearmanr",
+)
 # Metrics that take an `average` argument for multi-class problems.
 AVERAGED = {"f1", "precision", "recall"}
 

@@ -7,6 +7,7 @@ says so with a pinned commit, and loader errors turned into one actionable messa
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from hftoolkit.tasks.base import Task
 
 log = logging.getLogger("hftoolkit")
+# Architectures with a classification head sized by the label count, whose loss is a plain batch mean.
+HEAD_ARCHITECTURES = ("ForSequenceClassification", "ForImageClassification", "ForTokenClassification")
 # The file transformers reads first from a model repo: fetched (or found in the cache) to check it before it is used.
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
@@ -195,7 +198,7 @@ def check_head(config: Any, task: Task, labels: list[str] | None, model: ModelSe
     if labels is None:
         return False
     archs = getattr(config, "architectures", None) or []
-    has_head = any(a.endswith(("ForSequenceClassification", "ForImageClassification")) for a in archs)
+    has_head = any(a.endswith(HEAD_ARCHITECTURES) for a in archs)
     if not has_head or config.num_labels == len(labels):
         return False
     if not model.replace_head:
@@ -227,6 +230,10 @@ def load_model(task: Task, recipe: Recipe, labels: list[str] | None, dtype: Any 
         kwargs["use_safetensors"] = True
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if m.quantization is not None:
+        from hftoolkit.quantization import quantized_base
+
+        ref, kwargs = quantized_base(ref, recipe, kwargs)
     import pickle
 
     try:
@@ -288,8 +295,12 @@ def linear_names(model: Any) -> list[str]:
 def apply_lora(model: Any, task: Task, recipe: Recipe) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
+    from hftoolkit.quantization import is_quantized, prepare_for_training
+
     lora = recipe.lora
     head = lora.modules_to_save if lora.modules_to_save is not None else task.head_modules(model)
+    if is_quantized(model):
+        model = prepare_for_training(model, recipe)
     config = LoraConfig(
         # None = PEFT's generic model (image classification: the typed wrappers assume `input_ids`).
         task_type=getattr(TaskType, task.peft_task_type) if task.peft_task_type else None,
@@ -298,6 +309,9 @@ def apply_lora(model: Any, task: Task, recipe: Recipe) -> Any:
         lora_dropout=lora.dropout,
         target_modules=lora_targets(model, recipe),
         modules_to_save=head or None,
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
+        init_lora_weights=True if lora.init == "default" else lora.init,
     )
     return get_peft_model(model, config)
 
@@ -312,21 +326,28 @@ def declare_mean_loss(model: Any) -> None:
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     name = type(base).__name__
-    if name.endswith(("ForSequenceClassification", "ForImageClassification")) and "accepts_loss_kwargs" not in vars(type(base)):
+    if name.endswith(HEAD_ARCHITECTURES) and "accepts_loss_kwargs" not in vars(type(base)):
         base.accepts_loss_kwargs = False
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(_numel(p) for p in model.parameters())
     return trainable, total
 
 
-def load_trained(task: Task, recipe: Recipe, model_dir: Path) -> tuple[Any, Any]:
+def _numel(p: Any) -> int:
+    # bitsandbytes' 4-bit parameters store two weights per byte; their quant_state keeps the weight's real shape.
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return math.prod(shape) if shape is not None else p.numel()
+
+
+def load_trained(task: Task, recipe: Recipe, model_dir: Path, *, dequantize: bool = False) -> tuple[Any, Any]:
     """Model and processor as a run saved them: base + adapter (with head) for LoRA runs, full weights otherwise.
 
     A damaged saved file (cut short by a full disk, edited by hand) is named in one line instead of a traceback:
     every JSON and safetensors file is checked up front, and loader errors of those kinds are caught by type.
+    `dequantize`: a quantized base is turned into plain layers (its compute dtype) before the adapter goes on.
     """
     import json
 
@@ -341,7 +362,7 @@ def load_trained(task: Task, recipe: Recipe, model_dir: Path) -> tuple[Any, Any]
         raise ModelError(f"{bad[0]}: {bad[1]}; re-run `hft finetune` or restore the file")
     try:
         processor = task.load_processor(str(model_dir), {})
-        model = _load_saved_model(task, recipe, model_dir)
+        model = _load_saved_model(task, recipe, model_dir, dequantize)
     except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as e:  # ValueError: config without model_type
         first = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
         raise ModelError(
@@ -352,7 +373,7 @@ def load_trained(task: Task, recipe: Recipe, model_dir: Path) -> tuple[Any, Any]
     return model, processor
 
 
-def _load_saved_model(task: Task, recipe: Recipe, model_dir: Path) -> Any:
+def _load_saved_model(task: Task, recipe: Recipe, model_dir: Path, dequantize: bool = False) -> Any:
     import transformers
 
     auto = getattr(transformers, task.auto_model)
@@ -366,7 +387,16 @@ def _load_saved_model(task: Task, recipe: Recipe, model_dir: Path) -> Any:
     try:
         # A replaced head (model.replace_head) has another shape than the checkpoint's; the adapter restores it.
         extra = {"ignore_mismatched_sizes": True} if recipe.model.replace_head else {}
-        base = auto.from_pretrained(base_ref, config=config, **load_kwargs(recipe.model), **weight_kwargs(recipe.model), **extra)
+        kwargs = {**load_kwargs(recipe.model), **weight_kwargs(recipe.model), **extra}
+        if recipe.model.quantization is not None:  # trained on the quantized base, so reloaded onto one
+            from hftoolkit.quantization import quantized_base
+
+            base_ref, kwargs = quantized_base(base_ref, recipe, kwargs)
+            # The saved config records the training load's settings; the recipe's (in kwargs) are what loads now.
+            vars(config).pop("quantization_config", None)
+        base = auto.from_pretrained(base_ref, config=config, **kwargs)
+        if dequantize and recipe.model.quantization is not None:
+            base = base.dequantize()
     except (OSError, ValueError) as e:
         raise explain_load_error(e, "base model", recipe.model, weights=not recipe.model.allow_pickle) from e
     return PeftModel.from_pretrained(base, str(model_dir))

@@ -326,3 +326,45 @@ def image_cls_recipe(path: Path, model_path: Path, data_dir: Path, output_dir: P
             recipe[key] = value
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def lm_preference_data(out: Path, sizes: dict[str, int] | None = None, seed: int = 0, chat: bool = True) -> dict[str, Path]:
+    """Preference jsonl splits (`prompt`, `chosen`, `rejected`): the chosen reply always starts "Yes.", the rejected
+    one "No.", so a few DPO steps can learn the preference. Conversational turns by default, plain strings otherwise."""
+    rng = random.Random(seed)
+    sizes = sizes or {"train": 48, "validation": 16, "test": 16}
+
+    def row() -> dict:
+        prompt, tail = _sentence(rng, rng.randint(3, 8)), _sentence(rng, rng.randint(2, 6))
+        chosen, rejected = f"Yes. {tail}", f"No. {_sentence(rng, rng.randint(2, 6))}"
+        if not chat:
+            return {"prompt": f"Q: {prompt}\nA:", "chosen": f" {chosen}", "rejected": f" {rejected}"}
+        return {
+            "prompt": [{"role": "user", "content": prompt}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
+
+    return {s: write_jsonl(out / f"{s}.jsonl", [row() for _ in range(n)]) for s, n in sizes.items()}
+
+
+# Declining replies ("I'm sorry", "I can't" ...): HH-RLHF harmless pairs whose chosen reply declines and whose rejected
+# one does not hold one preference a short DPO run can learn and that generalises to held-out pairs of that kind.
+DECLINES = r"\b(sorry|I can.?t|I won.?t|I don.?t think|not comfortable|I.?m not sure|cannot)\b"
+
+
+def hh_decline_pairs(path: Path, count: int, seed: int = 0) -> list[dict]:
+    """`count` HH-RLHF harmless pairs (TRL's conversational layout) whose chosen reply declines and whose rejected
+    one does not, the ones with the shortest prompts, in a seeded order (no pair with an empty reply)."""
+    import re
+
+    declines = re.compile(DECLINES, re.I)
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    pairs = [
+        r for r in rows
+        if all(m["content"].strip() for side in ("chosen", "rejected") for m in r[side])
+        and declines.search(r["chosen"][0]["content"]) and not declines.search(r["rejected"][0]["content"])
+    ]
+    pairs = sorted(pairs, key=lambda r: len(json.dumps(r["prompt"])))[:count]
+    random.Random(seed).shuffle(pairs)
+    return pairs

@@ -75,6 +75,9 @@ SCENARIOS = {
     "preprocess": ([], {"first": ["tokenize_s", "prepare_s", "rows"], "cached": ["prepare_s", "rows"],
                         "map-nproc1": ["map_s"], "map-nproc2": ["map_s"]}),
     "lora-memory": ([], {v: ["peak_rss_mb", "train_peak_rss_mb", "samples_per_s"] for v in ("lora", "full", "lora-gc")}),
+    "qlora-memory": ([], {v: ["peak_above_imports_mb", "tokens_per_s"] for v in ("lora", "qlora-4bit", "qlora-8bit")}),
+    "dpo-overhead": ([], {v: ["tokens_per_s", "samples_per_s", "peak_rss_mb"] for v in ("trl", "hft")}),
+    "preference-defaults": ([], {"dpo-lr5e-03-b0.1-e1": ["train_loss", "wall_s"]}),
 }
 
 
@@ -97,3 +100,10 @@ def test_scenario_smoke(tmp_path, scenario):
     elif scenario == "lora-memory":
         lora, full = report["summary"]["lora"], report["summary"]["full"]
         assert lora["trainable_parameters"]["median"] < full["trainable_parameters"]["median"]
+    elif scenario == "qlora-memory":
+        ratio = next(c for c in report["comparisons"] if c["metric"] == "peak_above_imports_mb")
+        assert ratio["median"] > 0 and ratio["target"] == 0.6
+    elif scenario == "dpo-overhead":
+        assert next(c for c in report["comparisons"] if c["metric"] == "tokens_per_s")["target"] == 0.95
+    elif scenario == "preference-defaults":
+        assert 0 <= report["summary"]["dpo-lr5e-03-b0.1-e1"]["held_out_reward_accuracy"]["median"] <= 1

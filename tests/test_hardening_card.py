@@ -140,7 +140,7 @@ def test_usage_code_quotes_values_as_python_literals(card):
 
 
 def test_normal_values_render_as_before():
-    from hftoolkit.publish.card import code_fence, code_span, md_inline, md_text
+    from hftoolkit.publish.escape import code_fence, code_span, md_inline, md_text
 
     for plain in ("negative", "org/tiny-bert", "huggingface_hub 2.4.0", "0.5% of the train examples (n=3); ok."):
         assert md_text(plain) == plain

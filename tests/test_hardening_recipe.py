@@ -143,7 +143,7 @@ def test_generation_flags_are_checked_before_anything_loads(tmp_path, monkeypatc
     def not_reached(*a, **k):
         raise AssertionError("predict_run was called: the flags were not checked first")
 
-    monkeypatch.setattr("hftoolkit.commands.predict.predict_run", not_reached)
+    monkeypatch.setattr("hftoolkit.commands.predict.run_task_predict", not_reached)
     assert expected in one_line_error(hft("predict", tmp_path / "some-run", *args))
 
 

@@ -192,3 +192,26 @@ def test_sigterm_stops_both_ranks_at_one_step_and_the_resumed_job_is_exact(tmp_p
     resumed = _run([sys.executable, "-m", "hftoolkit", "finetune", str(recipe), "--num-processes", "2", "--resume"], _cpu_env())
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert_same_training(two_process_run[0], run)
+
+
+def test_dpo_on_two_processes_writes_one_run_with_trl_metrics(tmp_path):
+    """Preference tuning under the launcher: TRL's DPOTrainer on two gloo ranks, the main one writing the run."""
+    from tests.fixtures import build_tiny_llama, causal_lm_recipe, lm_preference_data
+
+    recipe = causal_lm_recipe(
+        tmp_path / "recipe.yaml", build_tiny_llama(tmp_path / "llama"),
+        lm_preference_data(tmp_path / "pairs", {"train": 16, "validation": 8}), tmp_path / "run",
+        dataset={"columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}, "max_length": 64},
+        training={"objective": "dpo", "max_steps": 2, "batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1,
+                  "save_strategy": "no", "report_to": ["none"], "seed": 7},
+    )
+    proc = _run([sys.executable, "-m", "hftoolkit", "finetune", str(recipe), "--num-processes", "2"], _cpu_env())
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    run = tmp_path / "run"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["status"] == "completed"
+    steps = [m for m in (json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2] and all("rewards/margins" in m for m in steps)
+    validation = json.loads((run / "train_results.json").read_text())["validation"]
+    assert {"eval_rewards/accuracies", "eval_logps/chosen"} <= set(validation)
+    assert (run / "model" / "adapter_model.safetensors").is_file()

@@ -338,6 +338,48 @@ def test_dropped_upload_leaves_repo_and_run_unchanged_and_rerun_completes(traine
     assert {"notes.md", "adapter_model.safetensors", "README.md"} <= set(hub_server.files("org/dropped"))
 
 
+@pytest.fixture(scope="module")
+def dpo_trained(hub, tmp_path_factory):
+    """DPO (TRL) on a 4-bit base (QLoRA) of the tiny Llama served as org/tiny-llama, then the local `hft evaluate`."""
+    from tests.fixtures import build_tiny_llama, causal_lm_recipe, lm_preference_data
+
+    tmp = tmp_path_factory.mktemp("dpo-run")
+    llama = build_tiny_llama(tmp / "llama")
+    hub.server.seed_repo("org/tiny-llama", {p.name: p for p in llama.iterdir() if p.is_file()})
+    recipe = causal_lm_recipe(
+        tmp / "recipe.yaml", llama, lm_preference_data(tmp / "pairs", {"train": 16, "validation": 8, "test": 8}),
+        tmp / "run", model={"name": "org/tiny-llama", "license": "apache-2.0", "quantization": {"bits": 4}},
+        dataset={"columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}, "max_length": 64},
+        training={"objective": "dpo", "max_steps": 2, "batch_size": 8, "learning_rate": 5e-3, "logging_steps": 1,
+                  "report_to": ["none"], "save_strategy": "no"},
+    )
+    hft(hub.server, "finetune", recipe)
+    hft(hub.server, "evaluate", tmp / "run")
+    scored = json.loads((tmp / "run" / "eval_results.json").read_text())["metrics"]
+    return SimpleNamespace(run=tmp / "run", metrics={k: f"{v:.4f}" for k, v in scored.items()})
+
+
+@pytest.mark.slow
+def test_dpo_qlora_adapter_push_verifies_and_the_card_says_how_it_was_trained(hub, dpo_trained):
+    from huggingface_hub import ModelCard
+
+    server = hub.server
+    assert {"rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"} <= set(dpo_trained.metrics)
+    proc = hft(server, "push", dpo_trained.run, "--repo-id", "org/llama-dpo", "--verify")
+    assert "pushed adapter to org/llama-dpo@main" in proc.stdout and "predictions on 4 inputs match" in proc.stdout
+    files = server.files("org/llama-dpo")
+    card = ModelCard(files["README.md"].decode())
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert {k: f"{v:.4f}" for k, v in results.items()} == {k: v for k, v in dpo_trained.metrics.items() if k != "loss"}
+    text = files["README.md"].decode()
+    assert "trained on the base model loaded 4-bit through bitsandbytes (QLoRA): load the base that way" in text
+    assert 'quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"' in text
+    assert "| objective | dpo (TRL DPOTrainer) |" in text and "| base model loaded | 4-bit nf4, double quantization" in text
+    assert "Trained with TRL's `DPOTrainer`." in text
+
+    # --merge of a QLoRA run (dequantized base, looser stated tolerance): tests/test_qlora.py, in process.
+
+
 @pytest.mark.slow
 def test_sentinel_token_appears_nowhere(hub, trained, adapter_push):
     assert OUTPUTS and all(SENTINEL not in text for text in OUTPUTS)

@@ -171,8 +171,14 @@ def test_task_names_columns_and_task_keys_come_from_the_registry():
     roles = {role for name in TASKS for role in get_task(name).column_roles}
     assert set(schema["$defs"]["Columns"]["properties"]) == roles
     assert TASK_KEYS == {
+        "dataset.regression": ["text-classification"], "evaluation.threshold": ["text-classification"],
         "dataset.batching": ["causal-lm"], "dataset.end_of_turn_token": ["causal-lm"], "generation": ["causal-lm"],
+        # issue 14: preference tuning is causal-lm's (training.objective and its settings, bad-pair handling)
+        "training.objective": ["causal-lm"], "training.beta": ["causal-lm"], "training.loss_type": ["causal-lm"],
+        "dataset.skip_bad_pairs": ["causal-lm"],
         "dataset.skip_bad_images": ["image-classification"],
+        "dataset.skip_bad_rows": ["token-classification"], "dataset.label_all_subwords": ["token-classification"],
+        "evaluation.scheme": ["token-classification"],
     }
 
 
@@ -196,7 +202,8 @@ def test_a_tasks_own_rules_are_all_reported(tmp_path):
     assert "; dataset.columns needs both prompt and response" in msg and "; dataset.batching blocks cuts plain text" in msg
 
 
-# A task added the way issue 15's token classification will be: one task file and one registry line, nothing else.
+# A task added the way token classification was (issue 15): one task file and one registry line, nothing else. Its key
+# is one no shipped task declares, so the refusal names this task alone.
 NEW_TASK = '''
 from pydantic import Field
 from hftoolkit.tasks.base import TaskBase
@@ -204,7 +211,7 @@ from hftoolkit.tasks.base import TaskBase
 class TokenTagging(TaskBase):
     name = "token-tagging"
     column_roles = {"tokens": "words of a row", "tags": "one tag per word"}
-    recipe_fields = {"dataset.label_all_subwords": (bool, Field(False, description="tag every subword"))}
+    recipe_fields = {"dataset.tag_every_subword": (bool, Field(False, description="tag every subword"))}
 
     def check_recipe(self, recipe):
         return [] if recipe.dataset.columns.tags else ["dataset.columns.tags is needed"]
@@ -217,9 +224,9 @@ from hftoolkit.tasks import registry
 registry.TASKS["token-tagging"] = "token_tagging_task"  # the registry line
 from hftoolkit.errors import RecipeError
 from hftoolkit.recipe.schema import load_recipe
-ok = load_recipe(sys.argv[1], ["task=token-tagging", "dataset.columns={tokens: w, tags: t}", "dataset.label_all_subwords=true"])
-out = {"roles": sorted(k for k, v in ok.dataset.columns.model_dump().items() if v), "flag": ok.dataset.label_all_subwords}
-for overrides in (["dataset.label_all_subwords=true"], ["task=token-tagging", "dataset.columns={tokens: w}"]):
+ok = load_recipe(sys.argv[1], ["task=token-tagging", "dataset.columns={tokens: w, tags: t}", "dataset.tag_every_subword=true"])
+out = {"roles": sorted(k for k, v in ok.dataset.columns.model_dump().items() if v), "flag": ok.dataset.tag_every_subword}
+for overrides in (["dataset.tag_every_subword=true"], ["task=token-tagging", "dataset.columns={tokens: w}"]):
     try:
         load_recipe(sys.argv[1], overrides)
     except RecipeError as e:
@@ -232,14 +239,15 @@ def test_a_new_task_needs_only_its_file_and_a_registry_line(tmp_path):
     (tmp_path / "token_tagging_task.py").write_text(NEW_TASK)
     (tmp_path / "probe.py").write_text(PROBE_NEW_TASK)
     recipe = write(tmp_path, BASE)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # The tree under test stays importable (a PYTHONPATH checkout), after the new task's folder.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(tmp_path / "probe.py"), str(recipe)], capture_output=True, text=True,
                           env=env, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["roles"] == ["tags", "tokens"] and out["flag"] is True
     assert out["refused"][0].endswith(
-        "dataset.label_all_subwords true is for task token-tagging; task text-classification does not use it"
+        "dataset.tag_every_subword true is for task token-tagging; task text-classification does not use it"
     )
     assert out["refused"][1].endswith("dataset.columns.tags is needed")
 

@@ -304,3 +304,51 @@ def test_sigint_asks_for_a_checkpoint_and_a_second_one_stops_at_once(monkeypatch
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Preference tuning (DPO through TRL's DPOTrainer): the same resume guarantees
+
+
+def test_dpo_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.fixtures import build_tiny_llama, causal_lm_recipe, lm_preference_data
+
+    llama = build_tiny_llama(tmp_path / "llama")
+    files = lm_preference_data(tmp_path / "pairs", {"train": 12, "validation": 4})
+    # 12 pairs in batches of 2 with accumulation 2: 3 optimizer steps per epoch, 6 in all; length-grouped batches;
+    # SIGTERM in the second epoch.
+    training = {
+        "objective": "dpo", "epochs": 2, "batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 5e-3,
+        "logging_steps": 1, "save_strategy": "steps", "save_steps": 2, "eval_strategy": "epoch", "report_to": ["none"],
+        "seed": 7,
+    }
+
+    def recipe(name: str) -> Path:
+        return causal_lm_recipe(
+            tmp_path / f"{name}.yaml", llama, files, tmp_path / name,
+            dataset={"columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}, "max_length": 64},
+            training=training,
+        )
+
+    run_hft("finetune", recipe("baseline"))
+    log = tmp_path / "first.log"
+    proc = start_hft(["finetune", recipe("resumed")], log, {"HFT_TEST_PAUSE_AT_STEP": "4"})
+    wait_for(proc, log, "HFT_TEST paused at step 4")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=HANG_GUARD) == 143, log.read_text()[-3000:]
+    assert marker(tmp_path / "resumed" / "checkpoints" / "checkpoint-4")["step"] == 4
+    run_hft("finetune", recipe("resumed"), "--resume")
+
+    a, b = train_logs(tmp_path / "baseline"), train_logs(tmp_path / "resumed")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        for key in ("loss", "grad_norm", "learning_rate", "rewards/margins", "logps/chosen"):
+            assert b[step][key] == pytest.approx(a[step][key], abs=1e-6, rel=0), (step, key)
+    assert_same_train_loss(tmp_path / "baseline", tmp_path / "resumed")
+    wa = load_file(str(tmp_path / "baseline" / "model" / "adapter_model.safetensors"))
+    wb = load_file(str(tmp_path / "resumed" / "model" / "adapter_model.safetensors"))
+    assert sorted(wa) == sorted(wb) and any("lora_B" in k for k in wa)
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() <= 1e-6, k

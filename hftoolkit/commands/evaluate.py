@@ -58,6 +58,7 @@ def score_run(
     from hftoolkit.modeling import declare_mean_loss, load_trained
     from hftoolkit.run.hub_run import open_run
     from hftoolkit.tasks.registry import get_task
+    from hftoolkit.training.args import eval_batch_size
     from hftoolkit.training.prepare import prepare_data
 
     run = open_run(run_path, revision)
@@ -72,13 +73,19 @@ def score_run(
     split = _pick_split(data, manifest, recipe, split)
     features = data.features[split]
     fingerprint = check_fingerprint(manifest, split, features._fingerprint, strict=strict)
-    out, is_main = _predict(task, recipe, model, processor, features, batch_size)
-    # Predictions are whatever the task's preprocess_logits_for_metrics returns (class ids, or a tuple of per-token
-    # arrays for causal LM): only the task's own metrics and artifacts read them, exactly as during training.
-    predictions, references = out.predictions, np.asarray(out.label_ids)
-    scores = task.metrics(recipe, data.labels)(EvalPrediction(predictions=predictions, label_ids=references))
-    if out.metrics.get("test_loss") is not None:
-        scores = {"loss": float(out.metrics["test_loss"]), **scores}
+    if recipe.training.objective != "sft":  # TRL's preference metrics, from TRL's trainer of the objective
+        from hftoolkit.training.preference import evaluate_split
+
+        scores, is_main = evaluate_split(recipe, task, model, processor, features, batch_size or eval_batch_size(recipe))
+        predictions = references = None
+    else:
+        out, is_main = _predict(task, recipe, model, processor, features, batch_size)
+        # Predictions are whatever the task's preprocess_logits_for_metrics returns (class ids, or a tuple of per-token
+        # arrays for causal LM): only the task's own metrics and artifacts read them, exactly as during training.
+        predictions, references = out.predictions, np.asarray(out.label_ids)
+        scores = task.metrics(recipe, data.labels)(EvalPrediction(predictions=predictions, label_ids=references))
+        if out.metrics.get("test_loss") is not None:
+            scores = {"loss": float(out.metrics["test_loss"]), **scores}
     results = EvalResults(
         split=split,
         num_examples=len(features),

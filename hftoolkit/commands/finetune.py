@@ -62,8 +62,10 @@ def finetune(
 
     from hftoolkit import metrics as metric_lib
     from hftoolkit.launch import prepare_worker_env
+    from hftoolkit.lora_variants import initial_adapter, save_converted
     from hftoolkit.tasks.registry import get_task
     from hftoolkit.training.args import training_arguments
+    from hftoolkit.training.objectives import drop_reference_adapter, objective_arguments
     from hftoolkit.training.prepare import prepare_data
 
     task = get_task(recipe.task)
@@ -75,7 +77,7 @@ def finetune(
     metric_lib.check_available(metric_lib.recipe_metrics(recipe, task))
     # TrainingArguments first: it sets up the (possibly distributed) Accelerate state that main_process_first needs.
     prepare_worker_env()
-    args = training_arguments(recipe, str(run.checkpoints))
+    args = training_arguments(recipe, str(run.checkpoints), **objective_arguments(recipe))
     is_main = args.process_index == 0
     processor = _checked_processor(task, recipe)
     with args.main_process_first(desc="dataset preprocessing"):
@@ -83,6 +85,7 @@ def finetune(
     _check_training_data(recipe, data, args, is_main)
     checkpoint, leftovers = _resume_point(run, recipe, data, resume=resume, allow_recipe_change=allow_recipe_change)
     model = _training_model(task, recipe, data, processor)
+    initial = initial_adapter(model, recipe)  # PiSSA / OLoRA: the trained adapter is saved converted against it
     manifest = running_manifest(run.read_manifest() if resume else Manifest(), recipe, data, model, args, checkpoint,
                                 command=command)
     if is_main:
@@ -90,8 +93,11 @@ def finetune(
     trainer, stopper = _trainer(task, recipe, run, data, model, processor, args, manifest.run_id, checkpoint)
     result = _train(trainer, stopper, run, checkpoint, is_main)
     validation = trainer.evaluate() if "validation" in data.features else {}
+    drop_reference_adapter(trainer)  # DPO with PiSSA / OLoRA kept TRL's frozen copy until now; only ours is saved
     # Every rank takes part: FSDP and DeepSpeed gather the weights collectively; Trainer writes on the main one only.
     trainer.save_model(str(run.model))
+    if is_main and initial is not None:
+        save_converted(trainer.model, run.model, initial)
     if is_main:
         _write_outputs(task, recipe, run, data, trainer, processor, result, validation)
     return run.path
@@ -227,17 +233,22 @@ def _trainer(
     callbacks = [MetricsFile(run.metrics), marker, *extra_callbacks_from_env(), stopper]
     if recipe.training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.training.early_stopping_patience))
-    trainer = ResumableTrainer(
-        model=model,
-        args=args,
-        data_collator=task.collator(processor, recipe, on_gpu=torch.cuda.is_available()),
-        train_dataset=data.features["train"],
-        eval_dataset=data.features.get("validation"),  # also scored once after training, whatever eval_strategy says
-        processing_class=processor,
-        compute_metrics=task.metrics(recipe, data.labels),
-        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
-        callbacks=callbacks,
-    )
+    if recipe.training.objective != "sft":  # TRL's trainer of the objective (its own collator and metrics)
+        from hftoolkit.training.preference import build_trainer
+
+        trainer = build_trainer(recipe, model, args, data.features, processor, callbacks)
+    else:
+        trainer = ResumableTrainer(
+            model=model,
+            args=args,
+            data_collator=task.collator(processor, recipe, on_gpu=torch.cuda.is_available()),
+            train_dataset=data.features["train"],
+            eval_dataset=data.features.get("validation"),  # also scored once after training, whatever eval_strategy says
+            processing_class=processor,
+            compute_metrics=task.metrics(recipe, data.labels),
+            preprocess_logits_for_metrics=task.preprocess_logits_for_metrics,
+            callbacks=callbacks,
+        )
     if trainer.pop_callback(TensorBoardCallback) is not None:
         # Events go to the run's tensorboard/ folder; a resumed run hides the first attempt's later steps.
         trainer.add_callback(RunTensorBoard(run.tensorboard, purge_step=checkpoint.step + 1 if checkpoint else None))

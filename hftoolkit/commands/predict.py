@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from hftoolkit.errors import CommandLineError, HftError
+
+if TYPE_CHECKING:
+    from hftoolkit.tasks.base import Task
 
 STDIN = "-"  # the one input that means "read the inputs from stdin, one per line"
 
@@ -31,8 +34,8 @@ def predict_command(
     check_inputs(items, from_stdin)
     check_generation_flags(max_new_tokens, do_sample, temperature, top_p)
     options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "do_sample": do_sample or None}
-    results = predict_run(run_path, items, {k: v for k, v in options.items() if v is not None}, revision=revision)
-    return [json.dumps(r, ensure_ascii=False) if as_json else result_line(r) for r in results]
+    task, results = run_task_predict(run_path, items, {k: v for k, v in options.items() if v is not None}, revision)
+    return [json.dumps(r, ensure_ascii=False) if as_json else task.result_line(r) for r in results]
 
 
 def check_inputs(items: list[str], from_stdin: bool) -> None:
@@ -67,23 +70,18 @@ def check_generation_flags(
         )
 
 
-def result_line(result: dict[str, Any]) -> str:
-    """One line per input: `label<TAB>score<TAB>input` for classifiers, the generated text for generators."""
-
-    def flat(v: object) -> str:
-        return str(v).replace("\r", "\\r").replace("\n", "\\n")
-
-    if "label" in result:
-        return f"{flat(result['label'])}\t{result['score']:.4f}\t{flat(result['input'])}"
-    if "generated_text" in result:
-        return flat(result["generated_text"])
-    return "\t".join(flat(v) for v in result.values())
-
-
 def predict_run(
     run_path: str | Path, inputs: list[str], options: dict[str, Any] | None = None, revision: str | None = None
 ) -> list[dict[str, Any]]:
-    """One result per input: {"input", "label", "score"} for classifiers, {"input", "generated_text"} for generators."""
+    """One result per input: {"input", "label", "score"} for classifiers, {"input", "generated_text"} for generators
+    (the task's `predict` says)."""
+    return run_task_predict(run_path, inputs, options, revision)[1]
+
+
+def run_task_predict(
+    run_path: str | Path, inputs: list[str], options: dict[str, Any] | None = None, revision: str | None = None
+) -> tuple[Task, list[dict[str, Any]]]:
+    """The run's task (which formats the results) and its predictions on `inputs`."""
     from hftoolkit.modeling import load_trained
     from hftoolkit.run.hub_run import open_run
     from hftoolkit.tasks.registry import get_task
@@ -102,4 +100,4 @@ def predict_run(
         model.to("cuda")
     # The run's own generation settings are the defaults; what the user gave wins.
     options = {**task.predict_options(recipe), **(options or {})}
-    return task.predict(model, processor, list(inputs), options)
+    return task, task.predict(model, processor, list(inputs), options)

@@ -65,7 +65,9 @@ def _meta_model(config: Any, task: Task, recipe: Recipe, labels: list[str] | Non
 
 def _plan_lines(recipe: Recipe, model: Any, config: Any, data: Any, steps: int, metrics: list[str], run: Any) -> list[str]:
     from hftoolkit.modeling import count_parameters
+    from hftoolkit.quantization import memory_plan
     from hftoolkit.refs import resolve_model_ref
+    from hftoolkit.training.objectives import full_reference_copy, plan_lines
 
     trainable, total = count_parameters(model)
     lines = [f"recipe ok: task {recipe.task}, model {recipe.model.name} ({resolve_model_ref(recipe.model)})"]
@@ -83,6 +85,8 @@ def _plan_lines(recipe: Recipe, model: Any, config: Any, data: Any, steps: int, 
         f"training: {steps} optimizer steps (batch {t.batch_size} x accumulation {t.gradient_accumulation_steps} per "
         f"device, {t.epochs:g} epochs{max_steps}), precision {t.precision}, seed {t.seed}"
     )
-    lines.append(f"metrics: {', '.join(metrics)}")
+    # A preference objective reports TRL's metrics (plan_lines says so), not the task's.
+    lines += plan_lines(recipe) or [f"metrics: {', '.join(metrics)}"]
+    lines.append(memory_plan(model, recipe, trainable, reference_copy=full_reference_copy(recipe)))
     lines.append(f"writes: {run.path}/ (model/, checkpoints/, metrics.jsonl, train_results.json, manifest.json, ...)")
     return lines

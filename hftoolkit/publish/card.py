@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hftoolkit.errors import PushError
+from hftoolkit.publish.card_tuning import quantized_loading, trainer_phrase, tuning_hyperparameters
+from hftoolkit.publish.escape import code_fence, code_span, md_inline, md_text, python_str, shell_word
 
 if TYPE_CHECKING:
     from hftoolkit.recipe.schema import Recipe
@@ -37,6 +39,9 @@ HUB_ONLY_LICENSES = frozenset({
 IMAGE_PROCESSOR = "AutoImageProcessor"
 # Scores hft reports that are not metrics in the model-index sense.
 NOT_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "epoch")
+# `GROUP/metric` scores (token classification: `PER/f1`) form a table of their own, one row per group; the model-index
+# and the main results table keep the overall scores.
+GROUP_SEPARATOR = "/"
 
 
 @dataclass
@@ -106,58 +111,32 @@ def _no_paths(text: str) -> str:
     return _ABS_PATH.sub(r"\1", str(text))
 
 
-# Markdown and HTML characters that would make a user string (a label, a split or metric name, a note) into markup:
-# a table cell break, a code span, a link or image, a tag. Entities render as the character itself everywhere, table
-# cells included, and no renderer reads them as syntax (GFM's cell splitter and other renderers differ on backslashes).
-_MD_ENTITIES = {
-    "&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;", "`": "&#96;", "[": "&#91;", "]": "&#93;", "\\": "&#92;",
-}
-_MD_SPECIAL = re.compile("[" + re.escape("".join(_MD_ENTITIES)) + "]")
-# Line breaks (Markdown's and Unicode's) and other control characters: one would end a table row or list item and
-# let the rest of the string start a heading, a `---` rule or a new block.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]+")
-_BACKTICK_RUN = re.compile(r"`+")
-_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
-MIN_FENCE = 3  # CommonMark's shortest code fence
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def md_text(value: Any) -> str:
-    """`value` as literal Markdown text, one line, safe in a paragraph, a list item or a table cell."""
-    return _MD_SPECIAL.sub(lambda m: _MD_ENTITIES[m.group()], _CONTROL.sub(" ", str(value)))
-
-
-def code_span(value: Any) -> str:
-    """`value` as a one-line code span shown verbatim: delimited by a backtick run longer than any inside it."""
-    text = _CONTROL.sub(" ", str(value))
-    ticks = "`" * (max((len(r) for r in _BACKTICK_RUN.findall(text)), default=0) + 1)
-    # CommonMark strips one space from each side of a span that starts and ends with one, and a backtick at an edge
-    # would merge with the delimiter: pad with a space in both cases.
-    pad = " " if text[:1] == "`" or text[-1:] == "`" or (text[:1] == text[-1:] == " " and text.strip()) else ""
-    return f"{ticks}{pad}{text}{pad}{ticks}"
-
-
-def md_inline(value: Any) -> str:
-    """hft's own sentences that quote values in code spans: spans are kept (they are inert), the rest is md_text."""
-    text = _CONTROL.sub(" ", str(value))
-    out, pos = [], 0
-    for m in _CODE_SPAN.finditer(text):
-        out += [md_text(text[pos:m.start()]), m.group()]
-        pos = m.end()
-    return "".join(out) + md_text(text[pos:])
-
-
-def code_fence(content: str) -> str:
-    """A backtick fence no line of `content` can close (longer than any backtick run in it)."""
-    return "`" * max(MIN_FENCE, max((len(r) for r in _BACKTICK_RUN.findall(content)), default=0) + 1)
-
-
-def python_str(value: Any) -> str:
-    """`value` as a Python string literal on one line (JSON's escaping is valid Python)."""
-    return json.dumps(str(value))
+def _overall(inputs: CardInputs) -> dict[str, Any]:
+    """The overall scores: all of them, less the per-group ones of a task that has groups (CardFields)."""
+    grouped = inputs.fields.score_group_title is not None
+    return {k: v for k, v in inputs.eval_results.metrics.items() if not (grouped and GROUP_SEPARATOR in k)}
 
 
 def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(k, f"{v:.4f}") for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return [(k, f"{v:.4f}") for k, v in metrics.items() if _is_number(v)]
+
+
+def _group_table(inputs: CardInputs) -> tuple[list[str], list[list[str]]]:
+    """`GROUP/metric` scores as (metric names, one row per group); counts (support) stay integers."""
+    columns: list[str] = []
+    rows: dict[str, dict[str, str]] = {}
+    overall = _overall(inputs)
+    for key, value in inputs.eval_results.metrics.items():
+        if key in overall or not _is_number(value):
+            continue
+        group, metric = key.rsplit(GROUP_SEPARATOR, 1)
+        columns += [] if metric in columns else [metric]
+        rows.setdefault(group, {})[metric] = str(int(value)) if metric == "support" else f"{value:.4f}"
+    return columns, [[group] + [cells.get(c, "–") for c in columns] for group, cells in rows.items()]
 
 
 def _dataset(inputs: CardInputs) -> dict[str, Any]:
@@ -187,8 +166,8 @@ def eval_results_metadata(inputs: CardInputs) -> list:
     ds = _dataset(inputs)
     split = ev.split
     out = []
-    for name, value in ev.metrics.items():
-        if name in NOT_METRICS or not isinstance(value, (int, float)) or isinstance(value, bool):
+    for name, value in _overall(inputs).items():
+        if name in NOT_METRICS or not _is_number(value):
             continue
         out.append(
             EvalResult(
@@ -215,7 +194,7 @@ def card_data(inputs: CardInputs):
     tags = ["hftoolkit", inputs.fields.pipeline_tag]
     if inputs.recipe.lora.enabled:
         tags += ["lora", "peft"] if adapter else ["lora", "merged-lora"]
-    metric_names = [n for n in inputs.eval_results.metrics if n not in NOT_METRICS]
+    metric_names = [n for n in _overall(inputs) if n not in NOT_METRICS]
     return ModelCardData(
         base_model=inputs.base_model,
         datasets=[ds["hub_id"]] if ds["hub_id"] else None,
@@ -248,6 +227,7 @@ def _hyperparameters(inputs: CardInputs) -> list[tuple[str, Any]]:
             ("LoRA target modules", sorted(inputs.lora_targets or lora.target_modules or []) or "PEFT default"),
             ("modules trained fully (saved with the adapter)", lora.modules_to_save or "the task head"),
         ]
+    hyper += tuning_hyperparameters(recipe)
     params = manifest.parameters
     if params and params.total:
         share = 100 * params.trainable / params.total
@@ -297,14 +277,6 @@ def _dataset_shown(ds: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def shell_word(value: Any) -> str:
-    """`value` as one shell word: bare when nothing in it needs quoting, else in double quotes (as a user types it)."""
-    text = _CONTROL.sub(" ", str(value))
-    if shlex.quote(text) == text:
-        return text
-    return '"' + re.sub(r'(["\\$`])', r"\\\1", text) + '"'
-
-
 def _usage(inputs: CardInputs, base_ref: str) -> dict[str, Any]:
     """The "How to use" snippets: what the task says loads and feeds the model, as Python and shell literals."""
     fields = inputs.fields
@@ -317,6 +289,7 @@ def _usage(inputs: CardInputs, base_ref: str) -> dict[str, Any]:
         "image_input": fields.auto_processor == IMAGE_PROCESSOR,
         "example_py": python_str(fields.predict_example),
         "example_sh": shell_word(fields.predict_example),
+        "words_py": fields.example_words and json.dumps(list(fields.example_words)),  # a list of str literals
         "base_ref_py": python_str(base_ref),
         "base_revision_py": inputs.base_revision and python_str(inputs.base_revision),
     }
@@ -331,12 +304,22 @@ def _data(inputs: CardInputs, ds: dict[str, Any], labels: list[str]) -> dict[str
     split_rows = [(role, ds["split_names"].get(role, role), n) for role, n in report.split_sizes.items()]
     return {
         "dataset": _dataset_shown(ds),
-        "label_header": [md_text(h) for h in ["id", "label"] + [f"{r} rows" for r in roles]],
+        "label_header": [md_text(h) for h in ["id", "label"] + [f"{r} {inputs.fields.label_counts_of}" for r in roles]],
         "label_rows": [[md_text(cell) for cell in row] for row in label_rows],
         "split_rows": [tuple(md_text(cell) for cell in row) for row in split_rows],
         "dropped": sorted((md_text(reason), md_text(n)) for reason, n in report.dropped.items()),
         "data_notes": [md_inline(_no_paths(n)) for n in list(ds["notes"]) + list(report.notes)],
         "token_lengths": {k: v if isinstance(v, (int, float)) else md_text(v) for k, v in report.token_lengths.items()},
+    }
+
+
+def _groups(inputs: CardInputs) -> dict[str, Any]:
+    """The per-group scores table (token classification: one row per entity type)."""
+    columns, rows = _group_table(inputs)
+    title = inputs.fields.score_group_title or ""
+    return {
+        "group_title": md_text(title), "group_header": [md_text(h) for h in [title] + columns],
+        "group_rows": [[md_text(cell) for cell in row] for row in rows],
     }
 
 
@@ -360,9 +343,12 @@ def _context(inputs: CardInputs) -> dict[str, Any]:
         "hyper": [(k, md_text(_fmt(v))) for k, v in _hyperparameters(inputs)],
         "eval_split": md_text(ev.split),
         "eval_examples": md_text(ev.num_examples),
-        "eval_rows": [(md_text(name), value) for name, value in _metric_rows(ev.metrics)],
+        "eval_rows": [(md_text(name), value) for name, value in _metric_rows(_overall(inputs))],
+        **_groups(inputs),
         "versions": sorted((md_text(k), md_text(v)) for k, v in manifest.versions.items()),
         "has_loss_curve": inputs.has_loss_curve,
+        "trainer": trainer_phrase(recipe),
+        "quantized": quantized_loading(recipe),
         "onnx": inputs.onnx,
         "recipe_yaml": inputs.recipe_yaml.rstrip("\n"),
         "recipe_fence": code_fence(inputs.recipe_yaml),

@@ -47,7 +47,7 @@ def onnx_part(export_dir: str | Path, facts: RunFacts) -> OnnxPart:
 
 def card_section(card: dict[str, Any]) -> dict[str, Any]:
     """The ONNX section's values (files, parity, metric table), each escaped for where the template puts it."""
-    from hftoolkit.publish.card import code_span, md_text
+    from hftoolkit.publish.escape import code_span, md_text
 
     parity, rows = card["parity"], card["metrics"]
     names = [name for name in rows[0] if name != "runtime"] if rows else []
@@ -68,7 +68,7 @@ def card_section(card: dict[str, Any]) -> dict[str, Any]:
 
 def _number(value: Any, spec: str) -> str:
     """A number as `spec` formats it; anything else (a hand-edited report) as literal text."""
-    from hftoolkit.publish.card import md_text
+    from hftoolkit.publish.escape import md_text
 
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return format(value, spec)

@@ -11,7 +11,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hftoolkit.publish.card import code_span
+from hftoolkit.publish.escape import code_span
 
 if TYPE_CHECKING:
     from hftoolkit.recipe.schema import Recipe

@@ -18,6 +18,17 @@ if TYPE_CHECKING:
 VERIFY_ATOL = 1e-4  # the same weights loaded twice: only float noise may differ
 
 
+def verify_atol(facts: RunFacts) -> float:
+    """How far the downloaded model may predict from the local run: a merged QLoRA run was merged into dequantized
+    weights (quantization.MERGE_ATOL, as `--merge` checked); anything else is the same weights."""
+    quantized = facts.recipe.model.quantization
+    if facts.kind == "merged" and quantized is not None:
+        from hftoolkit.quantization import MERGE_ATOL
+
+        return MERGE_ATOL[quantized.bits]
+    return VERIFY_ATOL
+
+
 def _intact(folder: Path, uploads: list[Upload]) -> list[str]:
     """Uploads the downloaded snapshot lacks or holds with other bytes."""
     return [
@@ -47,11 +58,13 @@ def verify_push(facts: RunFacts, repo_id: str, commit: str, uploads: list[Upload
         max_length = facts.recipe.dataset.max_length
         probe = facts.task.probe_inputs(processor, max_length)
         remote_probe = facts.task.probe_inputs(remote_processor, max_length)
-        ok, diff = compare_logits(logits(local, probe), logits(remote, remote_probe), VERIFY_ATOL)
+        atol = verify_atol(facts)
+        # The same weights must also agree on every top token; a dequantized merge is bounded by its tolerance alone.
+        ok, diff = compare_logits(logits(local, probe), logits(remote, remote_probe), atol, same_argmax=atol == VERIFY_ATOL)
         if not ok:
             raise PushError(
                 f"--verify: the model downloaded from {shown} predicts differently from the local run "
-                f"(max |logit diff| {diff:.2e}, allowed {VERIFY_ATOL:g})"
+                f"(max |logit diff| {diff:.2e}, allowed {atol:g})"
             )
     return [
         f"verified {shown}: {len(uploads)} files downloaded intact",

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, create_model, field_validator, model_vali
 
 from hftoolkit.recipe.base import Section, no_blank_entries
 from hftoolkit.recipe.loading import Override, load_validated
+from hftoolkit.recipe_tuning import LoraInit, QuantizationSection, fill_objective_defaults, tuning_problems
 from hftoolkit.safety import HF_TOKEN_PATTERN
 from hftoolkit.tasks.registry import TASKS, get_task
 
@@ -48,6 +49,7 @@ class ModelSection(Section):
     trust_remote_code: bool = Field(False, description="Run model code from the repo. Requires `revision` pinned to a commit sha.")
     allow_pickle: bool = Field(False, description="Allow loading pickle weights (pytorch_model.bin). Off: only safetensors load.")
     gguf_file: str | None = Field(None, description="Start from this GGUF file inside the model folder/repo (needs `pip install gguf`).")
+    quantization: QuantizationSection | None = Field(None, description="Load the base 4- or 8-bit (bitsandbytes) and train LoRA on it.")
     replace_head: bool = Field(
         False,
         description="The checkpoint already has a classification head with a different number of labels: replace it "
@@ -188,6 +190,9 @@ class LoraSection(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     target_modules: list[str] | None = Field(None, description="Modules to adapt; chosen per architecture when not given.")
     modules_to_save: list[str] | None = Field(None, description="Modules trained fully and saved with the adapter; the task's head by default.")
+    use_dora: bool = Field(False, description="DoRA (PEFT use_dora): weight-decomposed LoRA.")
+    use_rslora: bool = Field(False, description="rsLoRA (PEFT use_rslora): scale by alpha/sqrt(r) instead of alpha/r.")
+    init: LoraInit = Field("default", description="PEFT init_lora_weights; pissa/olora rewrite the base and are saved converted.")
 
     @field_validator("target_modules", "modules_to_save")
     @classmethod
@@ -196,6 +201,8 @@ class LoraSection(Section):
 
 
 class TrainingSection(Section):
+    # Keys a recipe leaves out get the defaults of its training.objective (a causal-lm key; recipe_tuning.py).
+    _objective_defaults = model_validator(mode="before")(fill_objective_defaults)
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(16, ge=1, description="Per-device train batch size.")
@@ -257,7 +264,8 @@ class EvaluationSection(Section):
     metrics: list[str] | None = Field(
         None,
         description="evaluate metric names. Shipped offline: accuracy, f1, precision, recall, perplexity, "
-        "next_token_accuracy. Others load from the Hub.",
+        "next_token_accuracy, seqeval, multilabel_f1, exact_match_accuracy, mse, pearsonr, spearmanr. Others load "
+        "from the Hub.",
     )
     average: Literal["auto", "binary", "macro", "micro", "weighted"] = Field(
         "auto", description="Averaging for f1/precision/recall: auto = binary for 2 classes, macro otherwise."
@@ -306,7 +314,7 @@ class RecipeBase(Section):
 
     @model_validator(mode="after")
     def _task_rules(self) -> RecipeBase:
-        problems = TASK_OBJECTS[self.task].check_recipe(self)
+        problems = TASK_OBJECTS[self.task].check_recipe(self) + tuning_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self

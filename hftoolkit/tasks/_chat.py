@@ -19,6 +19,12 @@ CHAT_ROLES = ("system", "user", "assistant")
 _REPLY_MARK = "hft-reply-marker"  # stand-in reply used to find what the chat template writes after a reply
 
 
+def chat_mode(options: dict[str, Any], tokenizer: Any) -> bool:
+    """Whether prompts are user messages: as the options say, or (None) when the tokenizer has a chat template."""
+    chat = options.get("chat")
+    return bool(getattr(tokenizer, "chat_template", None)) if chat is None else bool(chat)
+
+
 def check_conversations(split: Dataset, role: str, col: str) -> None:
     """Every row of `col` is a conversation SFT can learn from; the first bad one is an error naming split and row."""
     for i, conversation in enumerate(column_values(split, col)):

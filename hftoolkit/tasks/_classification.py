@@ -26,6 +26,7 @@ LABELS = "labels"
 class ClassificationTask(TaskBase):
     default_metrics: tuple[str, ...] = ("accuracy", "f1")
     has_labels = True
+    float_label_hint = "regression is not supported"  # what to do about a float label column
 
     def label_column(self, recipe: Recipe) -> str | None:
         return recipe.dataset.columns.label
@@ -54,7 +55,7 @@ class ClassificationTask(TaskBase):
                 row, value = self._first_value(splits["train"], label)
                 raise DataError(
                     f"split 'train' row {row}: label {value!r} in column {label!r} is a float; {self.name} needs "
-                    "class labels (strings, integers or ClassLabel); regression is not supported"
+                    f"class labels (strings, integers or ClassLabel); {self.float_label_hint}"
                 )
             if dtype in ("string", "large_string"):
                 names = self._string_names(splits, label)

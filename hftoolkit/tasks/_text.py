@@ -1,5 +1,5 @@
-"""What the text tasks (text classification, causal LM) share: the tokenizer's identity for cache fingerprints, a pad
-token, text-column checks, predict-input hints.
+"""What the text tasks (text and token classification, causal LM) share: the tokenizer's identity for cache
+fingerprints, token-length statistics, a pad token, text-column checks, predict-input hints.
 
 Decoder tokenizers (GPT-2, many Llama-family ones) come without a pad token; both text tasks pad with EOS then,
 and say so. Text columns are checked on the raw splits, so a bad value is reported with its split and the row of
@@ -26,6 +26,7 @@ log = logging.getLogger("hftoolkit")
 
 # File types `hft predict` on an image run takes: a text run given one of these was probably pointed at the wrong run.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+LENGTH_SAMPLE = 10_000  # rows of train whose token lengths the data report summarizes
 
 
 def tokenizer_identity(tokenizer: Any) -> str:
@@ -43,6 +44,15 @@ def tokenizer_identity(tokenizer: Any) -> str:
         state = sorted(tokenizer.get_vocab().items())
     blob = json.dumps([type(tokenizer).__name__, state, tokenizer.all_special_tokens, tokenizer.padding_side], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def token_length_stats(features: Dataset, sample: int = LENGTH_SAMPLE) -> dict[str, float]:
+    """Token length statistics of the first `sample` rows of tokenized features (their `length` column)."""
+    s = sorted(features["length"][:sample])
+    if not s:
+        return {}
+    p95 = s[min(len(s) - 1, int(len(s) * 0.95))]
+    return {"sample": len(s), "mean": sum(s) / len(s), "p50": s[len(s) // 2], "p95": p95, "max": s[-1]}
 
 
 def ensure_pad_token(tokenizer: Any, ref: str, why: str) -> Any:
@@ -86,6 +96,13 @@ def check_texts(
                     f"split {role!r} row {first}: column {col!r} is empty or whitespace only ({empty} such row(s) in "
                     "this split); fix or drop those rows, or set dataset.allow_empty_text: true to train on them"
                 )
+
+
+def length_stats(lengths: list[int]) -> dict[str, float]:
+    """Token-length statistics of a sample of training examples, as the data report shows them."""
+    s = sorted(lengths)
+    p95 = s[min(len(s) - 1, int(len(s) * 0.95))]
+    return {"sample": len(s), "mean": sum(s) / len(s), "p50": s[len(s) // 2], "p95": p95, "max": s[-1]}
 
 
 def warn_image_paths(inputs: list[str]) -> None:

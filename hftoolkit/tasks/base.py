@@ -31,6 +31,10 @@ class CardFields:
     generates_text: bool  # snippet generates text (model.generate) instead of taking the argmax label
     has_labels: bool  # the card shows a label table (id, name, rows per split)
     predict_example: str  # an input for the `hft predict REPO <input>` example (a text, or an image file name)
+    example_words: tuple[str, ...] = ()  # predict_example cut into words: the model labels each word (else the input)
+    label_counts_of: str = "rows"  # what the label table counts per split (rows; words for word-level tags)
+    score_group_title: str | None = None  # scores named `GROUP/metric` are per this (a table of their own, not in
+    # the model-index); None: no per-group scores, every score is an overall one
 
 
 class Task(Protocol):
@@ -101,9 +105,13 @@ class Task(Protocol):
         inputs are chat messages); the user's options override them."""
 
     def predict(self, model: Any, processor: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
-        """`hft predict`: one result per input, each {"input": ...} plus either "label" and "score" (classifiers)
-        or "generated_text" (generators). `options` holds what the user gave (max_new_tokens, do_sample, temperature,
-        top_p) over predict_options (tasks ignore options that do not apply to them). Bad inputs raise DataError."""
+        """`hft predict`: one result per input, each {"input": ...} plus e.g. "label" and "score" (classifiers),
+        "generated_text" (generators) or "entities" (token classification). `options` holds what the user gave
+        (max_new_tokens, do_sample, temperature, top_p) over predict_options (tasks ignore options that do not apply
+        to them). Bad inputs raise DataError."""
+
+    def result_line(self, result: dict[str, Any]) -> str:
+        """One `predict` result as the one line `hft predict` prints (without --json)."""
 
     def probe_inputs(self, processor: Any, max_length: int) -> list[dict[str, Any]]:
         """A few fixed model inputs, one dict of tensors per example, for comparing two models' logits (`hft push
@@ -134,6 +142,11 @@ PROBE_TEXTS = (
 )
 
 
+def flat(value: object) -> str:
+    """A value on one line of `hft predict` output (line breaks shown as \\n)."""
+    return str(value).replace("\r", "\\r").replace("\n", "\\n")
+
+
 class TaskBase:
     """Defaults for every optional hook of `Task`, and the task's card fields. Every task inherits it.
 
@@ -143,7 +156,11 @@ class TaskBase:
     - `auto_model` / `auto_processor`: the transformers Auto classes of the "How to use" snippet;
     - `generates_text`: the snippet calls `model.generate` (else it prints the argmax label's name);
     - `has_labels`: the card has a label table (classification);
-    - `predict_example`: the input of the card's `hft predict REPO <input>` example.
+    - `predict_example`: the input of the card's `hft predict REPO <input>` example;
+    - `example_words`: that input cut into words, for a model that labels each word (the snippet prints word, label);
+    - `label_counts_of`: what the label table counts per split ("rows", or "words" for word-level tags);
+    - `score_group_title`: what scores named `GROUP/metric` are per ("entity type"): they get a table of their own
+      (None: the task has no per-group scores).
 
     Deploy: a task sets `serve_kind` (and `onnx_servable`, `onnx_usage`) to be exported and served; the default
     None refuses both with one line.
@@ -157,6 +174,9 @@ class TaskBase:
     generates_text: bool = False
     has_labels: bool = False
     predict_example: str = "Text to classify."
+    example_words: tuple[str, ...] = ()
+    label_counts_of: str = "rows"
+    score_group_title: str | None = None
     peft_task_type: str | None = None
     default_metrics: tuple[str, ...] = ()
     processor_kind: str = "tokenizer"
@@ -192,6 +212,14 @@ class TaskBase:
     def predict_options(self, recipe: Recipe) -> dict[str, Any]:
         return {}
 
+    def result_line(self, result: dict[str, Any]) -> str:
+        """`label<TAB>score<TAB>input` for classifiers, the generated text for generators, else the values tab-joined."""
+        if "label" in result:
+            return f"{flat(result['label'])}\t{result['score']:.4f}\t{flat(result['input'])}"
+        if "generated_text" in result:
+            return flat(result["generated_text"])
+        return "\t".join(flat(v) for v in result.values())
+
     def probe_inputs(self, processor: Any, max_length: int) -> list[dict[str, Any]]:
         """Text tasks: PROBE_TEXTS tokenized one by one (no padding to get wrong)."""
         import torch
@@ -212,5 +240,6 @@ class TaskBase:
         return CardFields(
             pipeline_tag=self.pipeline_tag, title=self.card_title, auto_model=self.auto_model,
             auto_processor=self.auto_processor, generates_text=self.generates_text, has_labels=self.has_labels,
-            predict_example=self.predict_example,
+            predict_example=self.predict_example, example_words=self.example_words,
+            label_counts_of=self.label_counts_of, score_group_title=self.score_group_title,
         )

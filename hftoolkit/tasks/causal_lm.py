@@ -21,9 +21,11 @@ from hftoolkit import metrics as metric_lib
 from hftoolkit.data import require_columns
 from hftoolkit.errors import ModelError
 from hftoolkit.recipe.base import Section, no_blank_entries
-from hftoolkit.tasks._chat import ChatFormat, check_conversations
+from hftoolkit.recipe_tuning import PREFERENCE_FIELDS, preference_problems
+from hftoolkit.tasks._chat import ChatFormat, chat_mode, check_conversations
 from hftoolkit.tasks._packing import IGNORE_INDEX, cut_blocks, pack_rows
-from hftoolkit.tasks._text import check_texts, ensure_pad_token, tokenizer_identity, warn_image_paths
+from hftoolkit.tasks._preference import build_features, check_pairs
+from hftoolkit.tasks._text import check_texts, ensure_pad_token, length_stats, tokenizer_identity, warn_image_paths
 from hftoolkit.tasks.base import TaskBase
 
 if TYPE_CHECKING:
@@ -62,12 +64,6 @@ transformers, or run `hft serve RUN_DIR`.'''
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _length_stats(lengths: list[int]) -> dict[str, float]:
-    s = sorted(lengths)
-    p95 = s[min(len(s) - 1, int(len(s) * 0.95))]
-    return {"sample": len(s), "mean": sum(s) / len(s), "p50": s[len(s) // 2], "p95": p95, "max": s[-1]}
 
 
 class GenerationSection(Section):
@@ -174,17 +170,21 @@ class CausalLM(TaskBase):
     column_roles = {
         "text": "plain text, one document per row",
         "messages": "chat messages, a list of {role, content} per row (SFT)",
-        "prompt": "the prompt of a prompt/response pair (SFT)",
+        "prompt": "the prompt of a prompt/response pair (SFT) or of a preference pair (DPO / ORPO; optional)",
         "response": "the response of a prompt/response pair (SFT)",
+        "chosen": "the preferred completion of a preference pair (DPO / ORPO): text or assistant turns",
+        "rejected": "the dispreferred completion of a preference pair (DPO / ORPO), the same kind as chosen",
     }
-    recipe_fields = RECIPE_FIELDS
+    recipe_fields = {**RECIPE_FIELDS, **PREFERENCE_FIELDS}
     serve_kind = "generate"
     onnx_servable = False  # the graph has no KV cache: `hft serve` generates from the run directory
 
     def check_recipe(self, recipe: Recipe) -> list[str]:
         c, ds = recipe.dataset.columns, recipe.dataset
+        problems = preference_problems(recipe)
+        if recipe.training.objective != "sft" or c.chosen or c.rejected:
+            return problems  # preference pairs: the SFT column rules below do not apply
         kinds = [k for k, on in (("text", c.text), ("messages", c.messages), ("prompt/response", c.prompt or c.response)) if on]
-        problems = []
         if len(kinds) != 1:
             given = f" (given: {', '.join(kinds)})" if kinds else ""
             problems.append(
@@ -214,6 +214,8 @@ class CausalLM(TaskBase):
     # Checking the raw splits
 
     def prepare(self, splits: dict[str, Dataset], recipe: Recipe, report: DataReport) -> None:
+        if recipe.training.objective != "sft":  # DPO / ORPO pairs (TRL tokenizes them)
+            return check_pairs(splits, recipe, report)
         c = recipe.dataset.columns
         wanted = {"text": c.text, "messages": c.messages, "prompt": c.prompt, "response": c.response}
         for role, split in splits.items():
@@ -232,6 +234,8 @@ class CausalLM(TaskBase):
     # Features
 
     def preprocess(self, splits: dict[str, Dataset], recipe: Recipe, tokenizer: Any, report: DataReport) -> dict[str, Dataset]:
+        if recipe.training.objective != "sft":
+            return build_features(splits, recipe, tokenizer, report)
         ds, c = recipe.dataset, recipe.dataset.columns
         chat = None
         if c.text is None:
@@ -253,7 +257,7 @@ class CausalLM(TaskBase):
             for role, split in splits.items()
         }
         if len(features["train"]):
-            report.token_lengths = _length_stats(features["train"]["length"][:LENGTH_SAMPLE])
+            report.token_lengths = length_stats(features["train"]["length"][:LENGTH_SAMPLE])
         if blocks:
             features = {role: cut_blocks(f, role, max_length, report) for role, f in features.items()}
         return features
@@ -367,7 +371,8 @@ class CausalLM(TaskBase):
         return {
             "max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample, "temperature": g.temperature, "top_p": g.top_p,
             # A run trained on chat data answers user messages; one trained on plain text continues the input.
-            "chat": recipe.dataset.columns.text is None,
+            # Preference pairs may be either: None lets predict use the chat template when the tokenizer has one.
+            "chat": recipe.dataset.columns.text is None if recipe.training.objective == "sft" else None,
         }
 
     def predict(self, model: Any, tokenizer: Any, inputs: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -376,7 +381,7 @@ class CausalLM(TaskBase):
         import torch
         from transformers import GenerationConfig
 
-        chat = bool(options.get("chat"))
+        chat = chat_mode(options, tokenizer)
         do_sample = bool(options.get("do_sample", False))
         # A complete config: the base checkpoint's own generation defaults (e.g. a repetition penalty) do not leak in.
         config = GenerationConfig(
@@ -421,7 +426,8 @@ class CausalLM(TaskBase):
         transformers.set_seed(recipe.training.seed)
         options = self.predict_options(recipe)
         results = self.predict(model, tokenizer, prompts, options)
-        settings = {k: options[k] for k in ("max_new_tokens", "do_sample", "temperature", "top_p", "chat")}
+        settings = {k: options[k] for k in ("max_new_tokens", "do_sample", "temperature", "top_p")}
+        settings["chat"] = chat_mode(options, tokenizer)
         lines = [
             json.dumps({"prompt": r["input"], "generated_text": r["generated_text"], **settings}, ensure_ascii=False)
             for r in results

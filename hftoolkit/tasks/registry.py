@@ -17,6 +17,7 @@ TASKS: dict[str, str] = {
     "text-classification": "hftoolkit.tasks.text_classification",
     "causal-lm": "hftoolkit.tasks.causal_lm",
     "image-classification": "hftoolkit.tasks.image_classification",
+    "token-classification": "hftoolkit.tasks.token_classification",
 }
 
 

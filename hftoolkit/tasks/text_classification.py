@@ -1,6 +1,7 @@
 """Text classification (BERT family and any AutoModelForSequenceClassification): columns, tokenization, predict.
 
-Labels, the head, metrics and the confusion matrix are shared with image classification (tasks/_classification.py).
+Labels, the head, metrics and the confusion matrix are shared with image classification (tasks/_classification.py);
+multi-label and regression targets are in tasks/_targets.py.
 """
 
 from __future__ import annotations
@@ -8,10 +9,14 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any, Callable
 
+from pydantic import Field
+
 from hftoolkit.data import require_columns
 from hftoolkit.errors import DataError
+from hftoolkit.tasks import _targets as targets
 from hftoolkit.tasks._classification import LABELS, ClassificationTask
-from hftoolkit.tasks._text import check_texts, ensure_pad_token, tokenizer_identity, warn_image_paths
+from hftoolkit.tasks._text import check_texts, ensure_pad_token, token_length_stats, tokenizer_identity, warn_image_paths
+from hftoolkit.tasks.base import flat
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -68,6 +73,40 @@ class TextClassification(ClassificationTask):
     }
     serve_kind = "text"
     onnx_servable = True
+    recipe_fields = {
+        "dataset.regression": (bool, Field(
+            False,
+            description="Text classification: the label column holds numbers to predict (one output, MSE loss; metrics "
+            "mse, pearsonr, spearmanr). Without it a float label is an error.",
+        )),
+        "evaluation.threshold": (float, Field(
+            targets.DEFAULT_THRESHOLD, gt=0, lt=1,
+            description="Multi-label text classification (a list of labels per row): a label is predicted when its "
+            "sigmoid probability is at least this.",
+        )),
+    }
+    float_label_hint = "to predict numbers (regression) set dataset.regression: true"
+    # From the data (lists of labels: multi-label) and the recipe (dataset.regression), set by prepare(); every
+    # command prepares the data before anything reads it, and predict reads the saved config's problem_type instead.
+    problem_type = targets.SINGLE_LABEL
+
+    @property
+    def default_metrics(self) -> tuple[str, ...]:  # type: ignore[override]
+        return targets.DEFAULT_METRICS[self.problem_type]
+
+    def check_recipe(self, recipe: Recipe) -> list[str]:
+        ds, t = recipe.dataset, recipe.training
+        if not ds.regression:
+            return []
+        problems = [
+            f"dataset.{key} names classes; dataset.regression: true predicts numbers"
+            for key in ("label_names", "num_labels") if getattr(ds, key) is not None
+        ]
+        if targets.threshold_set(recipe):
+            problems.append("evaluation.threshold is for multi-label data; dataset.regression: true predicts numbers")
+        if t.metric_for_best_model in ("mse", "eval_mse") and t.greater_is_better is not False:
+            problems.append("training.metric_for_best_model mse is better when lower: set training.greater_is_better: false")
+        return problems
 
     def load_processor(self, ref: str, kwargs: dict[str, Any]) -> Any:
         from transformers import AutoTokenizer
@@ -84,7 +123,7 @@ class TextClassification(ClassificationTask):
     # ---------------------------------------------------------------------------------------------------------------
     # Checking columns and encoding labels on the raw splits
 
-    def prepare(self, splits: dict[str, Dataset], recipe: Recipe, report: DataReport) -> list[str]:
+    def prepare(self, splits: dict[str, Dataset], recipe: Recipe, report: DataReport) -> list[str] | None:
         cols = recipe.dataset.columns
         if cols.text is None or cols.label is None:
             raise DataError("text-classification needs dataset.columns.text and dataset.columns.label")
@@ -93,7 +132,28 @@ class TextClassification(ClassificationTask):
             report.columns[role] = list(split.column_names)
         # On the raw splits, so a bad value is named by its row in the source (tokenize() sees only a batch).
         check_texts(splits, [cols.text, cols.text_pair], report, allow_empty=recipe.dataset.allow_empty_text)
-        return self.encode_labels(splits, recipe)
+        self.problem_type = targets.problem_type(splits["train"], cols.label, recipe)
+        if self.problem_type == targets.REGRESSION:
+            targets.encode_regression(splits, cols.label, report)
+            return None
+        if self.problem_type == targets.MULTI_LABEL:
+            return targets.encode_multi_labels(splits, recipe)
+        names = self.encode_labels(splits, recipe)
+        if targets.threshold_set(recipe):
+            raise DataError(
+                f"evaluation.threshold is for multi-label data (a list of labels per row); column {cols.label!r} holds "
+                "one label per row"
+            )
+        return names
+
+    def stratify_column(self, recipe: Recipe) -> str | None:
+        # Only single labels stratify (and are counted by the pipeline); multi-label counts come from preprocess().
+        return super().stratify_column(recipe) if self.problem_type == targets.SINGLE_LABEL else None
+
+    def model_kwargs(self, labels: list[str] | None) -> dict[str, Any]:
+        if labels is None:
+            return {"num_labels": 1, "problem_type": targets.REGRESSION}
+        return {**super().model_kwargs(labels), "problem_type": self.problem_type}
 
     # ---------------------------------------------------------------------------------------------------------------
     # Features
@@ -103,12 +163,14 @@ class TextClassification(ClassificationTask):
         max_length = recipe.dataset.max_length
         ident = tokenizer_identity(tokenizer)
         text, pair, label = cols.text, cols.text_pair, cols.label
+        multi = self.problem_type == targets.MULTI_LABEL
+        names = list(splits["train"].features[label].feature.names) if multi else []
 
         def tokenize(batch: dict[str, list]) -> dict[str, list]:
             # Values are text: prepare() checked every row of the raw splits.
             enc = tokenizer(batch[text], batch[pair] if pair else None, truncation=True, max_length=max_length)
             out = dict(enc)
-            out[LABELS] = batch[label]
+            out[LABELS] = [targets.multi_hot(ids, len(names)) for ids in batch[label]] if multi else batch[label]
             out["length"] = [len(ids) for ids in enc["input_ids"]]
             # The fast tokenizer keeps what truncation cut off; that is how we count truncated examples for free.
             out["truncated"] = [len(e.overflowing) > 0 for e in enc.encodings] if enc.encodings else [False] * len(out["length"])
@@ -131,16 +193,9 @@ class TextClassification(ClassificationTask):
             truncated = mapped.data.column("truncated").to_pylist() if mapped._indices is None else mapped["truncated"]
             report.truncated_share[role] = sum(truncated) / max(len(truncated), 1)
             features[role] = mapped.remove_columns(["truncated"])
-        lengths = features["train"]["length"][:10000]
-        if lengths:
-            s = sorted(lengths)
-            report.token_lengths = {
-                "sample": len(s),
-                "mean": sum(s) / len(s),
-                "p50": s[len(s) // 2],
-                "p95": s[min(len(s) - 1, int(len(s) * 0.95))],
-                "max": s[-1],
-            }
+            if multi:
+                report.label_counts[role] = targets.count_multi_labels(features[role], names)
+        report.token_lengths = token_length_stats(features["train"])
         return features
 
     def collator(self, tokenizer: Any, recipe: Recipe, on_gpu: bool) -> Callable:
@@ -156,7 +211,27 @@ class TextClassification(ClassificationTask):
         return collate
 
     # ---------------------------------------------------------------------------------------------------------------
-    # Prediction
+    # Metrics and prediction
+
+    def metrics(self, recipe: Recipe, labels: list[str] | None) -> Callable:
+        if self.problem_type == targets.SINGLE_LABEL:
+            return super().metrics(recipe, labels)
+        return targets.metrics(self.problem_type, recipe)
+
+    def preprocess_logits_for_metrics(self, logits: Any, labels: Any) -> Any:
+        # Float labels: multi-hot rows (multi-label: probabilities, thresholded by the metrics) or one value per row.
+        if labels is not None and labels.is_floating_point():
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            return logits.float().sigmoid() if labels.ndim == 2 else logits.float().reshape(-1)
+        return super().preprocess_logits_for_metrics(logits, labels)
+
+    def write_eval_artifacts(self, out_dir: Any, predictions: Any, references: Any, labels: list[str] | None) -> list[str]:
+        if self.problem_type != targets.SINGLE_LABEL:
+            return []  # a confusion matrix needs one class per example
+        return super().write_eval_artifacts(out_dir, predictions, references, labels)
+
+    def predict_options(self, recipe: Recipe) -> dict[str, Any]:
+        return {"threshold": recipe.evaluation.threshold}
 
     def check_predict_inputs(self, inputs: list[str]) -> None:
         warn_image_paths(inputs)
@@ -168,7 +243,22 @@ class TextClassification(ClassificationTask):
         enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.no_grad():
             logits = model(**enc).logits
+        kind = getattr(model.config, "problem_type", None)
+        if kind == targets.REGRESSION:
+            return targets.regression_results(logits, inputs)
+        if kind == targets.MULTI_LABEL:
+            threshold = options.get("threshold", targets.DEFAULT_THRESHOLD)
+            return targets.multi_label_results(model, logits, inputs, threshold)
         return self.top_labels(model, logits, inputs)
+
+    def result_line(self, result: dict[str, Any]) -> str:
+        if "labels" in result:  # multi-label: every label over the threshold, most probable first
+            names = ",".join(flat(x["label"]) for x in result["labels"]) or "(none)"
+            scores = ",".join(f"{x['score']:.4f}" for x in result["labels"]) or "-"
+            return f"{names}\t{scores}\t{flat(result['input'])}"
+        if "value" in result:  # regression
+            return f"{result['value']:.4f}\t{flat(result['input'])}"
+        return super().result_line(result)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Deploy
