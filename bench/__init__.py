@@ -15,5 +15,6 @@ SCENARIOS = {
     "qlora-memory": "qlora_memory",
     "dpo-overhead": "dpo_overhead",
     "preference-defaults": "preference_defaults",
+    "task-defaults": "task_defaults",
     "deploy": "deploy",
 }

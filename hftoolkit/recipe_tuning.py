@@ -5,7 +5,7 @@
 - The objective keys (`training.objective`, `beta`, `loss_type`, `dataset.skip_bad_pairs`) are causal-lm's own: the
   task adds `PREFERENCE_FIELDS` to its recipe fields and calls `preference_problems` from its `check_recipe`.
 - Per-objective defaults: a training key the recipe leaves out (learning rate, epochs, beta, loss type) is filled with
-  its objective's default before validation (`fill_objective_defaults`), so the resolved recipe says what ran.
+  its objective's default before validation (recipe/defaults.py), so the resolved recipe says what ran.
 Light on purpose: only pydantic is imported (the schema, and so `hft --help`, imports this).
 """
 
@@ -60,14 +60,6 @@ class QuantizationSection(Section):
     compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="dtype the quantized layers compute in; auto = the training precision."
     )
-
-
-def fill_objective_defaults(data: Any) -> Any:
-    """Before validation of `training`: the objective's defaults for the keys the recipe leaves out."""
-    if not isinstance(data, dict):
-        return data
-    defaults = OBJECTIVE_DEFAULTS.get(data.get("objective"), {})  # type: ignore[arg-type]
-    return {**{k: v for k, v in defaults.items() if k not in data}, **data}
 
 
 def preference_problems(recipe: Recipe) -> list[str]:

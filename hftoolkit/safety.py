@@ -33,6 +33,18 @@ SECRET_SCAN_LIMIT = 50 * 1024 * 1024  # larger files are weights, not configs or
 BINARY_SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks binary data (git's heuristic)
 
 
+def token_path(value: object, path: str = "") -> str | None:
+    """The dotted path of the first string holding a Hugging Face token in nested dicts / lists (None: none)."""
+    if isinstance(value, str):
+        return path if HF_TOKEN_PATTERN.search(value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        found = token_path(child, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
+        if found:
+            return found
+    return None
+
+
 def looks_like_pickle(path: Path) -> bool:
     """By name, by pickle header, or a torch.save zip holding a .pkl member."""
     if path.name.endswith(PICKLE_SUFFIXES):

@@ -78,6 +78,7 @@ SCENARIOS = {
     "qlora-memory": ([], {v: ["peak_above_imports_mb", "tokens_per_s"] for v in ("lora", "qlora-4bit", "qlora-8bit")}),
     "dpo-overhead": ([], {v: ["tokens_per_s", "samples_per_s", "peak_rss_mb"] for v in ("trl", "hft")}),
     "preference-defaults": ([], {"dpo-lr5e-03-b0.1-e1": ["train_loss", "wall_s"]}),
+    "task-defaults": ([], {"sst2-lora-lr5e-03-e1": ["score", "train_loss", "wall_s"]}),
 }
 
 
@@ -107,3 +108,6 @@ def test_scenario_smoke(tmp_path, scenario):
         assert next(c for c in report["comparisons"] if c["metric"] == "tokens_per_s")["target"] == 0.95
     elif scenario == "preference-defaults":
         assert 0 <= report["summary"]["dpo-lr5e-03-b0.1-e1"]["held_out_reward_accuracy"]["median"] <= 1
+    elif scenario == "task-defaults":
+        point = report["summary"]["sst2-lora-lr5e-03-e1"]
+        assert 0 <= point["score"]["median"] <= 1 and point["resolved_learning_rate"]["median"] == 5e-3

@@ -66,6 +66,7 @@ def _meta_model(config: Any, task: Task, recipe: Recipe, labels: list[str] | Non
 def _plan_lines(recipe: Recipe, model: Any, config: Any, data: Any, steps: int, metrics: list[str], run: Any) -> list[str]:
     from hftoolkit.modeling import count_parameters
     from hftoolkit.quantization import memory_plan
+    from hftoolkit.recipe.defaults import describe as describe_defaults
     from hftoolkit.refs import resolve_model_ref
     from hftoolkit.training.objectives import full_reference_copy, plan_lines
 
@@ -83,8 +84,9 @@ def _plan_lines(recipe: Recipe, model: Any, config: Any, data: Any, steps: int, 
     max_steps = f", max_steps {t.max_steps}" if t.max_steps else ""
     lines.append(
         f"training: {steps} optimizer steps (batch {t.batch_size} x accumulation {t.gradient_accumulation_steps} per "
-        f"device, {t.epochs:g} epochs{max_steps}), precision {t.precision}, seed {t.seed}"
+        f"device, {t.epochs:g} epochs{max_steps}), learning rate {t.learning_rate:g}, precision {t.precision}, seed {t.seed}"
     )
+    lines += [line for line in [describe_defaults(recipe)] if line]
     # A preference objective reports TRL's metrics (plan_lines says so), not the task's.
     lines += plan_lines(recipe) or [f"metrics: {', '.join(metrics)}"]
     lines.append(memory_plan(model, recipe, trainable, reference_copy=full_reference_copy(recipe)))

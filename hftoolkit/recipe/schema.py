@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, create_model, field_validator, model_validator
 
 from hftoolkit.recipe.base import Section, no_blank_entries
 from hftoolkit.recipe.loading import Override, load_validated
-from hftoolkit.recipe_tuning import LoraInit, QuantizationSection, fill_objective_defaults, tuning_problems
-from hftoolkit.safety import HF_TOKEN_PATTERN
+from hftoolkit.recipe.defaults import fill_measured_defaults
+from hftoolkit.recipe_tuning import LoraInit, QuantizationSection, tuning_problems
+from hftoolkit.safety import HF_TOKEN_PATTERN, token_path
 from hftoolkit.tasks.registry import TASKS, get_task
 
 SplitRole = Literal["train", "validation", "test"]
@@ -201,8 +202,6 @@ class LoraSection(Section):
 
 
 class TrainingSection(Section):
-    # Keys a recipe leaves out get the defaults of its training.objective (a causal-lm key; recipe_tuning.py).
-    _objective_defaults = model_validator(mode="before")(fill_objective_defaults)
     epochs: float = Field(3.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(16, ge=1, description="Per-device train batch size.")
@@ -287,6 +286,23 @@ class RecipeBase(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    _filled_defaults: dict[str, Any] = PrivateAttr(default_factory=dict)  # measured defaults used: `filled_defaults`
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _measured_defaults(cls, data: Any, handler: Any) -> RecipeBase:
+        # Keys left out get their task's / objective's measured defaults (recipe/defaults.py), remembered for validate.
+        filled, applied = fill_measured_defaults(data, TASK_OBJECTS)
+        recipe = handler(filled)
+        recipe._filled_defaults = applied
+        return recipe
+
+    @property
+    def filled_defaults(self) -> dict[str, Any]:  # dotted key -> measured default filled in for a key left out
+        return self._filled_defaults
+
+    def __eq__(self, other: object) -> bool:  # which defaults were filled is provenance, not what the recipe says
+        return type(other) is type(self) and self.model_dump() == other.model_dump()  # type: ignore[union-attr]
 
     @model_validator(mode="after")
     def _columns_fit_task(self) -> RecipeBase:
@@ -323,17 +339,7 @@ class RecipeBase(Section):
     def _no_access_tokens(self) -> RecipeBase:
         # A token in a recipe would be copied into recipe.resolved.yaml and published with the model. The value itself
         # is never echoed: the message names only where it is.
-        def walk(value: Any, path: str) -> str | None:
-            if isinstance(value, str):
-                return path if HF_TOKEN_PATTERN.search(value) else None
-            items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-            for key, child in items:
-                found = walk(child, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
-                if found:
-                    return found
-            return None
-
-        found = walk(self.model_dump(mode="json"), "")
+        found = token_path(self.model_dump(mode="json"))
         if found:
             raise ValueError(
                 f"{found.lstrip('.')} looks like a Hugging Face access token; tokens never go in recipes (they are saved "

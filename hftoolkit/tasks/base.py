@@ -164,6 +164,10 @@ class TaskBase:
 
     Deploy: a task sets `serve_kind` (and `onnx_servable`, `onnx_usage`) to be exported and served; the default
     None refuses both with one line.
+
+    Defaults: `training_defaults` maps a method ("lora" / "full") to the dotted `training.` / `lora.` keys whose
+    schema default the task replaces, with values chosen by measurement (bench task-defaults, bench/RESULTS.md);
+    recipe/defaults.py fills them in for keys a recipe leaves out.
     """
 
     name: str
@@ -184,6 +188,7 @@ class TaskBase:
     recipe_fields: dict[str, tuple[Any, Any]] = {}
     serve_kind: str | None = None
     onnx_servable: bool = False
+    training_defaults: dict[str, dict[str, Any]] = {}
 
     def check_recipe(self, recipe: Recipe) -> list[str]:
         return []
