@@ -119,7 +119,6 @@ def run_baseline(config: dict[str, Any]) -> dict[str, Any]:
     """The run_ner.py way, written by hand: word -> first-subword labels, the token collator, random batches, fp32."""
     import os
 
-    import numpy as np
     from datasets import ClassLabel, List, load_dataset
     from peft import LoraConfig, get_peft_model
     from transformers import (
@@ -127,7 +126,6 @@ def run_baseline(config: dict[str, Any]) -> dict[str, Any]:
         set_seed,
     )
 
-    from hftoolkit import metrics as metric_lib
     from hftoolkit.recipe.schema import LoraSection
 
     set_seed(config["seed"])
@@ -143,8 +141,35 @@ def run_baseline(config: dict[str, Any]) -> dict[str, Any]:
         raw = raw.cast_column(tags, List(ClassLabel(names=names)))
     tokenizer = AutoTokenizer.from_pretrained(ref)
 
+    features = raw.map(_aligner(tokenizer, words, tags, config["max_length"]), batched=True, remove_columns=raw["train"].column_names)
+    model = AutoModelForTokenClassification.from_pretrained(
+        ref, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
+    d = LoraSection()  # the same LoRA hyperparameters hft uses by default
+    model = get_peft_model(model, LoraConfig(
+        task_type="TOKEN_CLS", r=d.r, lora_alpha=d.alpha, lora_dropout=d.dropout, target_modules=["query", "value"],
+        modules_to_save=["classifier"],
+    ))
+    args = TrainingArguments(
+        output_dir=str(Path(os.environ.get("BENCH_RUN_DIR", "bench-run")) / "baseline"), max_steps=config["steps"],
+        per_device_train_batch_size=config["batch_size"], per_device_eval_batch_size=2 * config["batch_size"],
+        learning_rate=config["learning_rate"], seed=config["seed"], logging_steps=config["logging_steps"], report_to="none",
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=features["train"], eval_dataset=features["validation"],
+        processing_class=tokenizer, data_collator=DataCollatorForTokenClassification(tokenizer),
+        compute_metrics=_entity_f1(names),
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    return {"f1": metrics["eval_f1"], "eval_loss": metrics["eval_loss"], "precision": "fp32", "entities": _entities(config)}
+
+
+def _aligner(tokenizer: Any, words: str, tags: str, max_length: int) -> Any:
+    """run_ner.py's tokenize_and_align_labels: the first subword of each word carries its tag, the rest -100."""
+
     def tokenize_and_align(batch):
-        enc = tokenizer(batch[words], truncation=True, max_length=config["max_length"], is_split_into_words=True)
+        enc = tokenizer(batch[words], truncation=True, max_length=max_length, is_split_into_words=True)
         labels = []
         for i, row in enumerate(batch[tags]):
             previous, ids = None, []
@@ -155,15 +180,15 @@ def run_baseline(config: dict[str, Any]) -> dict[str, Any]:
         enc["labels"] = labels
         return enc
 
-    features = raw.map(tokenize_and_align, batched=True, remove_columns=raw["train"].column_names)
-    model = AutoModelForTokenClassification.from_pretrained(
-        ref, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
-    )
-    d = LoraSection()  # the same LoRA hyperparameters hft uses by default
-    model = get_peft_model(model, LoraConfig(
-        task_type="TOKEN_CLS", r=d.r, lora_alpha=d.alpha, lora_dropout=d.dropout, target_modules=["query", "value"],
-        modules_to_save=["classifier"],
-    ))
+    return tokenize_and_align
+
+
+def _entity_f1(names: list[str]) -> Any:
+    """run_ner.py's compute_metrics: seqeval (IOB2) over the labelled positions; hft's shipped module, offline."""
+    import numpy as np
+
+    from hftoolkit import metrics as metric_lib
+
     seqeval = metric_lib.load_metric("seqeval")
 
     def compute(p):
@@ -173,18 +198,7 @@ def run_baseline(config: dict[str, Any]) -> dict[str, Any]:
                                  references=[[names[r] for _, r in row] for row in keep], scheme="IOB2", zero_division=0)
         return {"f1": scores["overall_f1"]}
 
-    args = TrainingArguments(
-        output_dir=str(Path(os.environ.get("BENCH_RUN_DIR", "bench-run")) / "baseline"), max_steps=config["steps"],
-        per_device_train_batch_size=config["batch_size"], per_device_eval_batch_size=2 * config["batch_size"],
-        learning_rate=config["learning_rate"], seed=config["seed"], logging_steps=config["logging_steps"], report_to="none",
-    )
-    trainer = Trainer(
-        model=model, args=args, train_dataset=features["train"], eval_dataset=features["validation"],
-        processing_class=tokenizer, data_collator=DataCollatorForTokenClassification(tokenizer), compute_metrics=compute,
-    )
-    trainer.train()
-    metrics = trainer.evaluate()
-    return {"f1": metrics["eval_f1"], "eval_loss": metrics["eval_loss"], "precision": "fp32", "entities": _entities(config)}
+    return compute
 
 
 def _entities(config: dict[str, Any]) -> int:
