@@ -8,6 +8,7 @@ this package listed in `SCENARIOS`; harness.py holds the shared machinery, child
 # Scenario name on the command line -> module in this package. Modules are imported only when their scenario runs.
 SCENARIOS = {
     "text-cls": "text_cls",
+    "run-ner": "run_ner",
     "clm-packing": "clm_packing",
     "startup": "startup",
     "preprocess": "preprocess",

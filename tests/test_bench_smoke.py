@@ -79,6 +79,7 @@ SCENARIOS = {
     "dpo-overhead": ([], {v: ["tokens_per_s", "samples_per_s", "peak_rss_mb"] for v in ("trl", "hft")}),
     "preference-defaults": ([], {"dpo-lr5e-03-b0.1-e1": ["train_loss", "wall_s"]}),
     "task-defaults": ([], {"sst2-lora-lr5e-03-e1": ["score", "train_loss", "wall_s"]}),
+    "run-ner": ([], {v: ["samples_per_s", "tokens_per_s", "time_to_first_step_s", "entities"] for v in ("hft", "baseline")}),
 }
 
 
@@ -106,6 +107,10 @@ def test_scenario_smoke(tmp_path, scenario):
         assert ratio["median"] > 0 and ratio["target"] == 0.6
     elif scenario == "dpo-overhead":
         assert next(c for c in report["comparisons"] if c["metric"] == "tokens_per_s")["target"] == 0.95
+    elif scenario == "run-ner":
+        assert next(c for c in report["comparisons"] if c["metric"] == "samples_per_s")["target"] == 1.3
+        assert all(0 <= report["summary"][v]["f1"]["median"] <= 1 for v in ("hft", "baseline"))
+        assert [c["check"] for c in report["checks"]] == ["entity F1 hft vs baseline"]
     elif scenario == "preference-defaults":
         assert 0 <= report["summary"]["dpo-lr5e-03-b0.1-e1"]["held_out_reward_accuracy"]["median"] <= 1
     elif scenario == "task-defaults":

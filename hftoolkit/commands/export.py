@@ -62,7 +62,7 @@ def export(target: str | Path, out_dir: str | Path, options: ExportOptions) -> t
         report = ExportReport(
             task=trained.recipe.task, source=trained.source, run_id=trained.manifest.run_id, opset=opset,
             opset_requested=options.opset, inputs=list(trace), labels=evaluation.labels, split=evaluation.split,
-            parity=parity, max_diff=options.max_diff,
+            parity=parity, max_diff=options.max_diff, predict_options=trained.task.predict_options(trained.recipe),
         )
         runtimes: dict[str, Callable] = {"pytorch-fp32": partial(ox.torch_logits, model), "onnx-fp32": partial(ox.ort_logits, fp32)}
         if options.quantize:
@@ -99,7 +99,7 @@ def _add_int8(
     report.parity_int8 = ox.compare(reference, [runtimes["onnx-int8"](inputs) for inputs, _ in sample], sample)
     whole = ox.labelled_batches(evaluation.features, collate)
     report.metrics = [MetricRow(name, score(trained, evaluation.labels, whole, run)) for name, run in runtimes.items()]
-    check = check_drop(report.metrics, options.max_drop, options.force)
+    check = check_drop(report.metrics, options.max_drop, options.force, trained.task.checked_metric)
     report.checked_metric, report.metric_drop_points = check.metric, check.drop_points
     report.max_drop, report.forced = options.max_drop, check.refused
 

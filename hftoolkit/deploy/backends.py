@@ -166,12 +166,13 @@ class OnnxBackend(Backend):
         if not (folder / name).is_file():
             raise ServeError(f"{folder} has no {name}" + (" (export it with --quantize int8)" if int8 else ""))
         self.processor = load_export_processor(self.task, folder)
+        self.options = report.predict_options  # the run's predict defaults, recorded by the export
         self.model = OrtModel(ort_session(folder / name), AutoConfig.from_pretrained(str(folder)))
         source = f"{report.source} ({name})"
         self.info = ModelInfo(report.task, "onnxruntime", source, self.task.serve_kind, report.labels, chat=False)
 
     def _predict(self, inputs: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.task.predict(self.model, self.processor, list(inputs), dict(options))
+        return self.task.predict(self.model, self.processor, list(inputs), {**self.options, **options})
 
 
 def open_backend(target: str, *, int8: bool = False) -> Backend:

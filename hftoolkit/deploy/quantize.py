@@ -3,8 +3,9 @@
 Dynamic quantization stores weights as int8 and quantizes activations on the fly (no calibration data needed).
 Its cost is measured, not assumed: the run's own metrics on the whole evaluation split for PyTorch fp32, ONNX
 fp32 and ONNX int8, through the task's `preprocess_logits_for_metrics` and `metrics`, exactly as `hft evaluate`
-scores. The checked metric is the first of the run's metrics where higher is better (accuracy for classifiers,
-next_token_accuracy for causal LM); its drop from PyTorch fp32 to int8 is in points (x100).
+scores. The checked metric is the task's `checked_metric` (entity F1 for token classification), else the first of
+the run's metrics where higher is better (accuracy for classifiers, f1_micro for multi-label, pearsonr for
+regression, next_token_accuracy for causal LM); its drop from PyTorch fp32 to int8 is in points (x100).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hftoolkit")
 
-HIGHER_IS_BETTER = ("accuracy", "f1", "precision", "recall", "next_token_accuracy")
+HIGHER_IS_BETTER = (
+    "accuracy", "f1", "precision", "recall", "next_token_accuracy", "f1_micro", "f1_macro", "exact_match_accuracy",
+    "pearsonr", "spearmanr",
+)
 IGNORE_INDEX = -100  # label / prediction padding that metrics skip (as in training)
 
 
@@ -77,11 +81,12 @@ class DropCheck:
     refused: bool
 
 
-def check_drop(rows: list[MetricRow], max_drop: float, force: bool) -> DropCheck:
-    """Compare int8 with PyTorch fp32 on the checked metric; a drop over `max_drop` points refuses unless forced."""
+def check_drop(rows: list[MetricRow], max_drop: float, force: bool, preferred: str | None = None) -> DropCheck:
+    """Compare int8 with PyTorch fp32 on the checked metric (the task's `checked_metric` when the run reports it,
+    else the first where higher is better); a drop over `max_drop` points refuses unless forced."""
     by_runtime = {row.runtime: row.metrics for row in rows}
     reference, int8 = by_runtime["pytorch-fp32"], by_runtime["onnx-int8"]
-    metric = next((m for m in reference if m in HIGHER_IS_BETTER), None)
+    metric = preferred if preferred in reference else next((m for m in reference if m in HIGHER_IS_BETTER), None)
     if metric is None:
         log.warning("none of the run's metrics (%s) is one where higher is better; the int8 drop is not checked", ", ".join(reference))
         return DropCheck(None, None, False)

@@ -87,6 +87,9 @@ class ExportReport:
     forced: bool = False
     latency: list[Latency] = field(default_factory=list)
     files: dict[str, int] = field(default_factory=dict)  # name -> bytes
+    # The run's `predict` defaults (multi-label threshold, tagging scheme, max_length): the ONNX backend and the
+    # README snippet answer with them, as `hft predict` does on the run.
+    predict_options: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     version: int = REPORT_VERSION
 

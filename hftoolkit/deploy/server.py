@@ -1,7 +1,9 @@
 """The HTTP API of `hft serve`: a FastAPI app factory with pydantic request and response bodies (OpenAPI at /docs).
 
-    POST /v1/predict            {"inputs": [...]} -> {"predictions": [...]}: label + score (classifiers), generated
-                                text (causal LM, generation settings as optional fields); images as base64 strings
+    POST /v1/predict            {"inputs": [...]} -> {"predictions": [...]}: label + score (classifiers; every label
+                                over the threshold for multi-label, the value for regression), `hft predict --json`'s
+                                entity objects (token classification), generated text (causal LM, generation
+                                settings as optional fields); images as base64 strings
     POST /v1/chat/completions   OpenAI-style, non-streaming (causal LM runs whose tokenizer has a chat template)
     GET  /healthz               the model is loaded and what it is
     GET  /metrics               Prometheus text format (hftoolkit/deploy/monitoring.py)
@@ -20,7 +22,7 @@ import io
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -69,8 +71,34 @@ class LabelPrediction(BaseModel):
     score: float
 
 
+class MultiLabelPrediction(BaseModel):
+    labels: list[LabelPrediction] = Field(description="Every label at or over the run's threshold, most probable first.")
+
+
+class ValuePrediction(BaseModel):
+    value: float = Field(description="The predicted number (regression).")
+
+
 class ClassifyResponse(BaseModel):
-    predictions: list[LabelPrediction]
+    # One label and its score; every label over the threshold (multi-label); or a number (regression).
+    predictions: list[Union[LabelPrediction, MultiLabelPrediction, ValuePrediction]]
+
+
+class Entity(BaseModel):
+    type: str
+    text: str
+    start: int = Field(description="Character offset of the entity in the input.")
+    end: int = Field(description="Character offset after the entity (exclusive).")
+    score: float
+
+
+class EntitiesPrediction(BaseModel):
+    input: str
+    entities: list[Entity]
+
+
+class EntitiesResponse(BaseModel):
+    predictions: list[EntitiesPrediction] = Field(description="What `hft predict RUN TEXT --json` prints, per input.")
 
 
 class Generated(BaseModel):
@@ -247,12 +275,24 @@ def _add_routes(app: Any, backend: Backend, batcher: MicroBatcher, metrics: Metr
         @app.post("/v1/predict", response_model=ClassifyResponse, responses=ERRORS)
         async def predict_image(body: ImageRequest, request: Request) -> ClassifyResponse:
             return _classified(await answer(request, body.inputs, {}, decode=decode_images))
+    elif info.kind == "entities":
+        @app.post("/v1/predict", response_model=EntitiesResponse, responses=ERRORS)
+        async def predict_entities(body: TextRequest, request: Request) -> EntitiesResponse:
+            return EntitiesResponse(predictions=[EntitiesPrediction(**r) for r in await answer(request, body.inputs, {})])
     elif info.kind == "generate":
         _add_generation_routes(app, answer, info)
 
 
 def _classified(results: list[dict]) -> ClassifyResponse:
-    return ClassifyResponse(predictions=[LabelPrediction(label=r["label"], score=r["score"]) for r in results])
+    """The task's results without the echoed input; which shape follows the saved config's problem type."""
+    def one(r: dict) -> Any:
+        if "labels" in r:
+            return MultiLabelPrediction(labels=[LabelPrediction(**x) for x in r["labels"]])
+        if "value" in r:
+            return ValuePrediction(value=r["value"])
+        return LabelPrediction(label=r["label"], score=r["score"])
+
+    return ClassifyResponse(predictions=[one(r) for r in results])
 
 
 def _add_generation_routes(app: Any, answer: Any, info: Any) -> None:

@@ -13,7 +13,7 @@ import re
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Sequence, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -184,6 +184,8 @@ def _walk_to_parent(data: dict, path: list[str], create: bool) -> dict | None:
 
 def _flat(annotation: Any) -> tuple:
     origin = get_origin(annotation)
+    if origin is Annotated:  # a tagged union's branches (image classification's dataset.augment)
+        return _flat(get_args(annotation)[0])
     if origin is Union or origin is types.UnionType:
         return tuple(a for arg in get_args(annotation) for a in _flat(arg))
     return (annotation,)

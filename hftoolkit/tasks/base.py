@@ -124,13 +124,16 @@ class Task(Protocol):
     serve_kind: str | None  # shape of /v1/predict requests and responses: "text", "image" (base64), "generate"
     # (token classification: "entities"); None = the task cannot be exported or served yet
     onnx_servable: bool  # `hft serve EXPORT_DIR` can answer from the ONNX graph (causal LM: no KV cache, so no)
+    checked_metric: str | None  # the metric whose int8 drop `hft export --quantize` checks (None: the first of the
+    # run's metrics where higher is better)
 
     def export_recipe(self, recipe: Recipe) -> Recipe:
         """The recipe the task's collator is built from for export and parity batches (causal LM: padded rows, never
         packed ones, so every row has an attention mask)."""
 
     def onnx_usage(self, model_file: str, processor: Any, config: Any) -> str:
-        """Markdown for the export's README: how to run `model_file` with onnxruntime (and tokenizers) alone."""
+        """Markdown for the export's README: how to run `model_file` with onnxruntime (and tokenizers) alone. The
+        snippet runs in the export folder and may read the run's predict defaults from export_report.json."""
 
 
 # Texts `probe_inputs` feeds text models: positive, negative and neutral, so a broken merge shows in the logits.
@@ -188,7 +191,11 @@ class TaskBase:
     recipe_fields: dict[str, tuple[Any, Any]] = {}
     serve_kind: str | None = None
     onnx_servable: bool = False
+<<<<<<< HEAD
     training_defaults: dict[str, dict[str, Any]] = {}
+=======
+    checked_metric: str | None = None
+>>>>>>> t15
 
     def check_recipe(self, recipe: Recipe) -> list[str]:
         return []

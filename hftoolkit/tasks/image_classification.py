@@ -18,6 +18,7 @@ from pydantic import Field
 
 from hftoolkit.data import require_columns
 from hftoolkit.errors import DataError, ModelError
+from hftoolkit.tasks import _image_augment as aug
 from hftoolkit.tasks._classification import LABELS, ClassificationTask
 
 if TYPE_CHECKING:
@@ -106,22 +107,27 @@ class ImageTransform:
     """Decoded PIL images -> `pixel_values` (and `labels`), as a datasets transform.
 
     torchvision is not a dependency, so the geometry (random resized crop + horizontal flip for training, resize +
-    centre crop for evaluation) is done here with PIL, the way torchvision defines it. Rescaling and normalisation
+    centre crop for evaluation) is done here with PIL, the way torchvision defines it; what training adds is the
+    recipe's `dataset.augment` (tasks/_image_augment.py, the one place a torchvision v2 pipeline would replace;
+    `none`: training images get the evaluation transform). Rescaling and normalisation
     (mean/std) are left to the model's image processor. Randomness comes from torch's global generator: seeded by
     the Trainer (`training.seed`), restored on resume, and re-seeded per DataLoader worker, so runs reproduce.
     A class rather than a closure so DataLoader workers can pickle it.
     """
 
-    scale = (0.08, 1.0)  # RandomResizedCrop's usual area range
-    ratio = (3 / 4, 4 / 3)  # and aspect-ratio range
+    ratio = (3 / 4, 4 / 3)  # RandomResizedCrop's usual aspect-ratio range
 
-    def __init__(self, processor: Any, image_col: str, label_col: str | None, train: bool):
+    def __init__(self, processor: Any, image_col: str, label_col: str | None, train: bool, augment: Any = None):
         from PIL import Image
 
         self.processor = processor
         self.image_col = image_col
         self.label_col = label_col
-        self.train = train
+        # Training with `augment: none` is the evaluation transform; without settings, the default augmentation.
+        self.augment = aug.active(augment if augment is not None else aug.AugmentSettings()) if train else None
+        self.train = self.augment is not None
+        self.for_training = train
+        self.scale = self.augment.crop_scale if self.augment else aug.DEFAULT_CROP_SCALE
         self.height, self.width = input_size(processor)
         try:
             self.resample = Image.Resampling(int(getattr(processor, "resample", None)))
@@ -148,9 +154,17 @@ class ImageTransform:
         box = self._random_box(*image.size) if self.train else self._centre_box(*image.size)
         # resize(box=...) crops and resamples in one step.
         out = image.resize((self.width, self.height), self.resample, box=box)
-        if self.train and _uniform(0.0, 1.0) < 0.5:
+        if not self.train:
+            return out
+        if self.augment.horizontal_flip and _uniform(0.0, 1.0) < aug.FLIP_P:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return out
+        return aug.augment_image(out, self.augment, _uniform)
+
+    def describe(self) -> str:
+        """This transform in words (`hft validate`, the model card's data notes)."""
+        if self.for_training:
+            return aug.describe_train(self.augment or aug.NONE, self.height, self.width, self.resize_edge)
+        return aug.describe_eval(self.height, self.width, self.resize_edge)
 
     def _centre_box(self, w: int, h: int) -> tuple[float, float, float, float]:
         scale = self.resize_edge / min(w, h) if self.resize_edge else max(self.height / h, self.width / w)
@@ -217,6 +231,7 @@ class ImageClassification(ClassificationTask):
     }
     recipe_fields = {
         "dataset.skip_bad_images": (bool, Field(False, description="Skip images that fail to decode (counted in the data report).")),
+        "dataset.augment": aug.RECIPE_FIELD,
     }
     serve_kind = "image"
     onnx_servable = True
@@ -302,8 +317,10 @@ class ImageClassification(ClassificationTask):
 
     def preprocess(self, splits: dict[str, Dataset], recipe: Recipe, processor: Any, report: DataReport) -> dict[str, Dataset]:
         image_col, label_col = self.image_column(recipe), self.label_column(recipe)
-        train = ImageTransform(processor, image_col, label_col, train=True)
+        train = ImageTransform(processor, image_col, label_col, train=True, augment=recipe.dataset.augment)
         evaluation = ImageTransform(processor, image_col, label_col, train=False)
+        report.notes.append(f"train transform: {train.describe()}")
+        report.notes.append(f"evaluation transform: {evaluation.describe()}")
         return {role: split.with_transform(train if role == "train" else evaluation) for role, split in splits.items()}
 
     def collator(self, processor: Any, recipe: Recipe, on_gpu: bool) -> Callable:

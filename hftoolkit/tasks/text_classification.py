@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 PREPROCESS_VERSION = 1
 PREDICT_MAX_LENGTH = 512  # tokens `predict` keeps of each input (more is cut off)
 
-# The export's README (`hft export`): running model.onnx with onnxruntime and tokenizers alone.
+# The export's README (`hft export`): running model.onnx with onnxruntime and tokenizers alone. The ending depends on
+# the saved config's problem_type: softmax + argmax, sigmoid + every label over the run's threshold, or the number.
 ONNX_USAGE = '''```python
 import json
 
@@ -51,11 +52,24 @@ feed = {{
     "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
 }}
 logits = session.run(["logits"], {{k: v for k, v in feed.items() if k in inputs}})[0]
-probs = np.exp(logits - logits.max(-1, keepdims=True))
+{ending}```'''
+USAGE_ENDINGS = {
+    targets.SINGLE_LABEL: '''probs = np.exp(logits - logits.max(-1, keepdims=True))
 probs /= probs.sum(-1, keepdims=True)
 for text, p in zip(texts, probs):
     print(id2label[str(int(p.argmax()))], round(float(p.max()), 4), text, sep="\\t")
-```'''
+''',
+    # Multi-label: one sigmoid per label; every label at or over the run's threshold, most probable first.
+    targets.MULTI_LABEL: '''threshold = json.load(open("export_report.json"))["predict_options"]["threshold"]
+probs = 1 / (1 + np.exp(-logits))
+for text, p in zip(texts, probs):
+    chosen = sorted(((float(p[i]), id2label[str(i)]) for i in range(len(p)) if p[i] >= threshold), reverse=True)
+    print(",".join(name for _, name in chosen) or "(none)", ",".join(f"{s:.4f}" for s, _ in chosen) or "-", text, sep="\\t")
+''',
+    targets.REGRESSION: '''for text, value in zip(texts, logits.reshape(-1)):
+    print(round(float(value), 4), text, sep="\\t")
+''',
+}
 USAGE_TEXTS = ["this works well.", "it broke after a day."]
 
 
@@ -269,6 +283,7 @@ class TextClassification(ClassificationTask):
         return ONNX_USAGE.format(
             model_file=model_file, pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,
             max_length=min(PREDICT_MAX_LENGTH, positions), texts=USAGE_TEXTS,
+            ending=USAGE_ENDINGS[getattr(config, "problem_type", None) or targets.SINGLE_LABEL],
         )
 
 

@@ -148,6 +148,9 @@ class TokenClassification(ClassificationTask):
     example_words = tuple(WORD.findall(predict_example))  # cut as `hft predict` cuts it
     label_counts_of = "words"
     score_group_title = "entity type"
+    serve_kind = "entities"
+    onnx_servable = True
+    checked_metric = "f1"  # entity F1: token accuracy is mostly the O tags
 
     def check_recipe(self, recipe: Recipe) -> list[str]:
         cols, ds = recipe.dataset.columns, recipe.dataset
@@ -385,6 +388,14 @@ class TokenClassification(ClassificationTask):
                 previous = w
             results[i]["entities"] = entity_spans(inputs[i], offsets[i], tags, scores, options["scheme"])
         return results
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Deploy
+
+    def onnx_usage(self, model_file: str, tokenizer: Any, config: Any) -> str:
+        from hftoolkit.tasks._token_onnx import ONNX_USAGE, USAGE_TEXTS
+
+        return ONNX_USAGE.format(model_file=model_file, word=WORD.pattern, texts=USAGE_TEXTS)
 
 
 def row_problem(words: Any, tags: Any, names: list[str], index: dict[str, int], continuing: str) -> tuple[str, str] | None:
