@@ -24,7 +24,7 @@ from hftoolkit.safety import HF_TOKEN_PATTERN
 
 @dataclass(frozen=True)
 class Unset:
-    """`--unset KEY`: KEY is removed, so the schema default applies (or one entry of a mapping is gone)."""
+    """`--unset KEY`: KEY is removed, so the default applies (measured per task, else the schema's; or one entry of a mapping is gone)."""
 
     key: str
 

@@ -191,11 +191,8 @@ class TaskBase:
     recipe_fields: dict[str, tuple[Any, Any]] = {}
     serve_kind: str | None = None
     onnx_servable: bool = False
-<<<<<<< HEAD
-    training_defaults: dict[str, dict[str, Any]] = {}
-=======
     checked_metric: str | None = None
->>>>>>> t15
+    training_defaults: dict[str, dict[str, Any]] = {}
 
     def check_recipe(self, recipe: Recipe) -> list[str]:
         return []
