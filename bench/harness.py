@@ -293,46 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or plan.repeats
     config_path = out / "config.json"
     config_path.write_text(json.dumps(plan.config, indent=2))
-    command_of: Callable | None = getattr(module, "command", None)
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load_start = os.getloadavg()
     print(f"[bench] {args.scenario}: {len(variants)} variants x {repeats} repeats, working in {out}", flush=True)
-    runs: list[RunResult] = []
-    for repeat in range(repeats):
-        order = variants if plan.ordered else variants[repeat % len(variants):] + variants[: repeat % len(variants)]
-        repeat_cache = out / "cache" / f"r{repeat}"
-        for variant in order:
-            tag = f"r{repeat}-{variant}"
-            cache = repeat_cache if plan.cache == "repeat" else out / "cache" / tag
-            result_path = out / "results" / f"{tag}.json"
-            result_path.parent.mkdir(parents=True, exist_ok=True)
-            cmd = command_of(variant, plan.config) if command_of else None
-            if cmd is None:
-                cmd = [sys.executable, "-m", "bench.child", args.scenario, variant, str(config_path), str(result_path)]
-            env = child_env(cache, out / "hf_home", {"BENCH_LAUNCHED_AT": repr(time.time()), "BENCH_RUN_DIR": str(out / "runs" / tag)})
-            load = os.getloadavg()
-            code, wall, rss = run_child(cmd, env, out / "logs" / f"{tag}.log", args.timeout)
-            metrics: dict[str, Any] = {"wall_s": wall, "peak_rss_mb": rss}
-            if result_path.is_file():
-                metrics.update(json.loads(result_path.read_text()))
-            ok = code == 0
-            runs.append(RunResult(variant, repeat, ok, metrics, load, str(out / "logs" / f"{tag}.log")))
-            shown = ", ".join(
-                f"{k} {v:.4g}" for k, v in metrics.items() if k in plan.metrics and isinstance(v, (int, float))
-            )
-            print(f"[bench] repeat {repeat + 1}/{repeats} {variant}: {'ok' if ok else f'FAILED (exit {code})'}; "
-                  f"load {load[0]:.2f}; {shown}", flush=True)
-            if not ok:
-                tail = (out / "logs" / f"{tag}.log").read_text(errors="replace")[-3000:]
-                print(f"[bench] log tail of {tag}:\n{tail}", file=sys.stderr, flush=True)
-            if plan.cache == "run" and not args.keep:
-                shutil.rmtree(cache, ignore_errors=True)
-        if plan.cache == "repeat" and not args.keep:
-            shutil.rmtree(repeat_cache, ignore_errors=True)
-    if not args.keep:
-        shutil.rmtree(out / "runs", ignore_errors=True)
-
+    runs = _run_all(args, module, plan, variants, repeats, out, config_path)
     summary = summarise(runs, variants)
     comparisons = compare(runs, plan.comparisons)
     checker = getattr(module, "checks", None)
@@ -359,22 +324,65 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text)
+    _print_report(args, report, plan, out)
+    failed = [r for r in runs if not r.ok]
+    return 1 if failed or any(not c["ok"] for c in checks) else 0
 
+
+def _run_all(args: Any, module: Any, plan: Plan, variants: list[str], repeats: int, out: Path,
+             config_path: Path) -> list[RunResult]:
+    """Every (repeat, variant) in its own child process, the order rotated per repeat unless the plan fixes it."""
+    command_of: Callable | None = getattr(module, "command", None)
+    runs: list[RunResult] = []
+    for repeat in range(repeats):
+        order = variants if plan.ordered else variants[repeat % len(variants):] + variants[: repeat % len(variants)]
+        repeat_cache = out / "cache" / f"r{repeat}"
+        for variant in order:
+            tag = f"r{repeat}-{variant}"
+            cache = repeat_cache if plan.cache == "repeat" else out / "cache" / tag
+            result_path = out / "results" / f"{tag}.json"
+            result_path.parent.mkdir(parents=True, exist_ok=True)
+            cmd = command_of(variant, plan.config) if command_of else None
+            if cmd is None:
+                cmd = [sys.executable, "-m", "bench.child", args.scenario, variant, str(config_path), str(result_path)]
+            env = child_env(cache, out / "hf_home", {"BENCH_LAUNCHED_AT": repr(time.time()), "BENCH_RUN_DIR": str(out / "runs" / tag)})
+            load = os.getloadavg()
+            code, wall, rss = run_child(cmd, env, out / "logs" / f"{tag}.log", args.timeout)
+            metrics: dict[str, Any] = {"wall_s": wall, "peak_rss_mb": rss}
+            if result_path.is_file():
+                metrics.update(json.loads(result_path.read_text()))
+            runs.append(RunResult(variant, repeat, code == 0, metrics, load, str(out / "logs" / f"{tag}.log")))
+            shown = ", ".join(
+                f"{k} {v:.4g}" for k, v in metrics.items() if k in plan.metrics and isinstance(v, (int, float))
+            )
+            print(f"[bench] repeat {repeat + 1}/{repeats} {variant}: {'ok' if code == 0 else f'FAILED (exit {code})'}; "
+                  f"load {load[0]:.2f}; {shown}", flush=True)
+            if code != 0:
+                tail = (out / "logs" / f"{tag}.log").read_text(errors="replace")[-3000:]
+                print(f"[bench] log tail of {tag}:\n{tail}", file=sys.stderr, flush=True)
+            if plan.cache == "run" and not args.keep:
+                shutil.rmtree(cache, ignore_errors=True)
+        if plan.cache == "repeat" and not args.keep:
+            shutil.rmtree(repeat_cache, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(out / "runs", ignore_errors=True)
+    return runs
+
+
+def _print_report(args: Any, report: dict[str, Any], plan: Plan, out: Path) -> None:
     m = report["machine"]
-    print(f"\n## {args.scenario} ({started})")
+    print(f"\n## {args.scenario} ({report['started']})")
     print(f"machine: {m['cpu']}, {m['nproc']} CPUs, GPU {m['gpu'] or 'none'}; torch {m['versions'].get('torch')}, "
           f"transformers {m['versions'].get('transformers')}")
-    print(f"load average: start {' '.join(f'{x:.2f}' for x in load_start)}, "
+    print(f"load average: start {' '.join(f'{x:.2f}' for x in report['load_average']['start'])}, "
           f"end {' '.join(f'{x:.2f}' for x in report['load_average']['end'])}")
     print(f"command: {report['command']}\n")
-    print(table(summary, variants, plan.metrics))
+    print(table(report["summary"], report["variants"], plan.metrics))
     print("\nmedian [min-max] over repeats")
-    for line in comparison_lines(comparisons):
+    for line in comparison_lines(report["comparisons"]):
         print(line)
-    for c in checks:
+    for c in report["checks"]:
         print(f"- check {c['check']}: {'ok' if c['ok'] else 'FAILED'} ({c['detail']})")
     for note in plan.notes:
         print(f"- note: {note}")
     print(f"\nJSON: {out / 'results.json'}" + (f" and {args.json}" if args.json else ""))
-    failed = [r for r in runs if not r.ok]
-    return 1 if failed or any(not c["ok"] for c in checks) else 0

@@ -24,7 +24,8 @@ TRAINING = {
 TRL_METRICS = {"rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"}
 PROMPT = "Say something."
 # Real-data run (bench/RESULTS.md, preference-defaults, has the sweep these come from).
-REAL_TRAIN, REAL_HELD_OUT, REAL_EPOCHS, REAL_LR = 32, 64, 2, 1e-3
+REAL_TRAIN, REAL_HELD_OUT, REAL_EPOCHS, REAL_LR = 32, 64, 1, 1e-3
+REAL_MIN_ACCURACY, REAL_MIN_MARGIN = 0.75, 0.1  # measured 0.844 and 0.344 (see the real-data test)
 
 
 def hft_cli(*args: object):
@@ -280,7 +281,9 @@ def test_lora_dpo_on_real_hh_rlhf_pairs_raises_held_out_reward_accuracy_and_marg
     sorry", "I can't" ...) and whose rejected one does not: one preference that a short run can learn and that
     generalises, scored by TRL on 64 held-out pairs of the same kind. Untrained, the adapter is a no-op (policy ==
     reference): reward accuracy 0 and margin 0 by construction, so that evaluation is not spent. Pairs with the
-    shortest prompts; completions cut at max_length 64 (TRL keeps the prompt), which the data report counts."""
+    shortest prompts; completions cut at max_length 64 (TRL keeps the prompt), which the data report counts.
+    Measured on these pairs (bench preference-defaults `dpo-lr1e-03-b0.1-e1`, the same 32 + 64 pairs and weights):
+    held-out reward accuracy 0 -> 0.844, margin 0 -> 0.344; asserted with room for run-to-run noise."""
     model_dir = shared_path("models", "smollm2-135m-instruct-gguf")
     pairs = hh_decline_pairs(shared_path("data", "hh_rlhf_harmless", "test.jsonl"), REAL_TRAIN + REAL_HELD_OUT)
     files = {
@@ -303,4 +306,4 @@ def test_lora_dpo_on_real_hh_rlhf_pairs_raises_held_out_reward_accuracy_and_marg
     assert json.loads((run / "data_report.json").read_text())["split_sizes"]["validation"] == REAL_HELD_OUT
     accuracy, margin = after["eval_rewards/accuracies"], after["eval_rewards/margins"]
     print(f"held-out DPO on {REAL_HELD_OUT} HH-RLHF pairs: reward accuracy 0 -> {accuracy:.3f}, margin 0 -> {margin:.4f}")
-    assert accuracy > 0.5 and margin > 0, after
+    assert accuracy >= REAL_MIN_ACCURACY and margin >= REAL_MIN_MARGIN, after

@@ -1,10 +1,10 @@
 """Real data: LoRA on all-MiniLM-L6-v2 (PyPI package) learns WikiANN English named entities from 2,000 sentences.
 
-Uses ../shared/data/wikiann_en (skipped when absent; HFT_SHARED points elsewhere). Every hyperparameter is hft's
-default except the learning rate. Measured (2,000 train rows, 3 epochs = 375 steps, LoRA r=8 on query/value, scored
-on 1,000 validation rows, fp32 CPU): entity F1 0.636 at learning rate 3e-3, 0.580 at 1e-3, and only 0.183 at the
-schema's default 2e-4, which suits text classification, not a token head learning 7 tags: the per-task defaults
-sweep (issue 15) starts from these numbers.
+Uses ../shared/data/wikiann_en (skipped when absent; HFT_SHARED points elsewhere). The recipe names only task,
+model, data and columns: every hyperparameter is hft's default, i.e. token classification's measured LoRA learning
+rate 3e-3 (bench/RESULTS.md "Defaults by measurement": 2,000 train rows, 3 epochs = 375 steps, LoRA r=8 on
+query/value, scored on 1,000 validation rows: entity F1 0.636 at 3e-3, 0.580 at 1e-3, 0.531 at 1e-2, and 0.183 at
+the text tasks' old default 2e-4).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_minilm_lora_on_wikiann_finds_entities(tmp_path):
             "columns": {"tokens": "tokens", "tags": "ner_tags"},
             "max_samples": {"train": 2000, "validation": 1000, "test": 1000},
         },
-        "training": {"learning_rate": 3.0e-3, "eval_strategy": "no", "save_strategy": "no", "report_to": ["none"]},
+        "training": {"eval_strategy": "no", "save_strategy": "no", "report_to": ["none"]},  # defaults otherwise
         "output_dir": str(tmp_path / "run"),
     }
     path = tmp_path / "wikiann.yaml"
