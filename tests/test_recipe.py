@@ -176,7 +176,7 @@ def test_task_names_columns_and_task_keys_come_from_the_registry():
         # issue 14: preference tuning is causal-lm's (training.objective and its settings, bad-pair handling)
         "training.objective": ["causal-lm"], "training.beta": ["causal-lm"], "training.loss_type": ["causal-lm"],
         "dataset.skip_bad_pairs": ["causal-lm"],
-        "dataset.skip_bad_images": ["image-classification"],
+        "dataset.skip_bad_images": ["image-classification"], "dataset.augment": ["image-classification"],
         "dataset.skip_bad_rows": ["token-classification"], "dataset.label_all_subwords": ["token-classification"],
         "evaluation.scheme": ["token-classification"],
     }

@@ -166,7 +166,6 @@ class CausalLM(TaskBase):
     predict_example = "Once upon a time"
     peft_task_type = "CAUSAL_LM"
     default_metrics = ("perplexity", "next_token_accuracy")
-    processor_kind = "tokenizer"
     column_roles = {
         "text": "plain text, one document per row",
         "messages": "chat messages, a list of {role, content} per row (SFT)",
@@ -178,6 +177,7 @@ class CausalLM(TaskBase):
     recipe_fields = {**RECIPE_FIELDS, **PREFERENCE_FIELDS}
     serve_kind = "generate"
     onnx_servable = False  # the graph has no KV cache: `hft serve` generates from the run directory
+    training_defaults = {"lora": {"training.learning_rate": 1e-3, "training.epochs": 1.0}}  # bench/RESULTS.md: measured
 
     def check_recipe(self, recipe: Recipe) -> list[str]:
         c, ds = recipe.dataset.columns, recipe.dataset
