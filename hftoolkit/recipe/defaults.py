@@ -34,10 +34,11 @@ def measured_defaults(task: Any, data: dict[str, Any]) -> dict[str, Any]:
 
 def fill_measured_defaults(data: Any, tasks: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """(the raw recipe with the measured defaults of its absent keys filled in, what was filled)."""
-    if not isinstance(data, dict) or data.get("task") not in tasks:
-        return data, {}  # not a recipe mapping, or an unknown task: validation reports it
+    task = data.get("task") if isinstance(data, dict) else None
+    if not isinstance(task, str) or task not in tasks:
+        return data, {}  # not a recipe mapping, or no known task name (`task: []` too): validation reports it
     filled, applied = dict(data), {}
-    for key, value in measured_defaults(tasks[data["task"]], data).items():
+    for key, value in measured_defaults(tasks[task], data).items():
         section, name = key.split(".")
         given = filled.get(section, {})
         if not isinstance(given, dict) or name in given:
@@ -52,7 +53,7 @@ def describe(recipe: Any) -> str | None:
     if not recipe.filled_defaults:
         return None
     method = "LoRA" if recipe.lora.enabled else "full fine-tuning"
-    objective = recipe.training.objective if "objective" in type(recipe.training).model_fields else "sft"
+    objective = recipe.training.objective  # a causal-lm key; the other tasks leave it at sft
     source = f"{recipe.task}, {method}" + (f", objective {objective}" if objective != "sft" else "")
     values = ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
                        for key, value in recipe.filled_defaults.items())
