@@ -8,12 +8,12 @@ test_push.py; a slow real-data DPO run on HH-RLHF pairs with the SmolLM2 GGUF is
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 
 from tests.conftest import shared_path
 from tests.fixtures import build_tiny_llama, causal_lm_recipe, hh_decline_pairs, lm_preference_data, write_jsonl
+from tests.cli_helpers import hft_cli
 
 PAIRS = {"columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}, "max_length": 64}
 TRAINING = {
@@ -26,20 +26,6 @@ PROMPT = "Say something."
 # Real-data run (bench/RESULTS.md, preference-defaults, has the sweep these come from).
 REAL_TRAIN, REAL_HELD_OUT, REAL_EPOCHS, REAL_LR = 32, 64, 1, 1e-3
 REAL_MIN_ACCURACY, REAL_MIN_MARGIN = 0.75, 0.1  # measured 0.844 and 0.344 (see the real-data test)
-
-
-def hft_cli(*args: object):
-    """The CLI in process; the logger it points at the captured stderr is restored afterwards."""
-    from typer.testing import CliRunner
-
-    from hftoolkit.cli import app
-
-    logger = logging.getLogger("hftoolkit")
-    handlers = logger.handlers[:]
-    try:
-        return CliRunner().invoke(app, [str(a) for a in args])
-    finally:
-        logger.handlers[:] = handlers
 
 
 def ok(result) -> str:

@@ -6,12 +6,12 @@ to exactly the model that was trained (the end-of-training validation loss and g
 from __future__ import annotations
 
 import json
-import logging
 import re
 
 import pytest
 
 from tests.fixtures import build_tiny_gpt2, build_tiny_llama, causal_lm_recipe, lm_chat_data, lm_text_data
+from tests.cli_helpers import hft_cli
 
 CHAT = {"columns": {"messages": "messages"}, "max_length": 64}
 TRAINING = {
@@ -19,20 +19,6 @@ TRAINING = {
     "eval_strategy": "no", "save_strategy": "no",
 }
 PROMPT = "Say something."
-
-
-def hft_cli(*args: object):
-    """The CLI in process; the logger it points at the captured stderr is restored afterwards."""
-    from typer.testing import CliRunner
-
-    from hftoolkit.cli import app
-
-    logger = logging.getLogger("hftoolkit")
-    handlers = logger.handlers[:]
-    try:
-        return CliRunner().invoke(app, [str(a) for a in args])
-    finally:
-        logger.handlers[:] = handlers
 
 
 @pytest.fixture(scope="module")
