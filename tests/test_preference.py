@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import shared_path
 from tests.fixtures import build_tiny_llama, causal_lm_recipe, hh_decline_pairs, lm_preference_data, write_jsonl
-from tests.cli_helpers import hft_cli
+from tests.cli_helpers import hft_cli, refused
 
 PAIRS = {"columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}, "max_length": 64}
 TRAINING = {
@@ -31,15 +31,6 @@ REAL_MIN_ACCURACY, REAL_MIN_MARGIN = 0.75, 0.1  # measured 0.844 and 0.344 (see 
 def ok(result) -> str:
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def refused(result, *fragments: str) -> str:
-    text = result.output
-    assert result.exit_code == 2, text
-    assert "Traceback" not in text and text.count("error: ") == 1, text
-    for fragment in fragments:
-        assert fragment in text, text
-    return text
 
 
 @pytest.fixture(scope="module")
